@@ -1,0 +1,3 @@
+from rrdist.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,107 @@
+"""Run configuration: one dataclass, readable from YAML and the CLI, saved beside every run."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from rrdist.errors import ConfigError
+
+AGGREGATIONS = ("cat", "sum", "mean", "max")
+
+
+@dataclass
+class PretrainConfig:
+    # what to learn
+    method: str = "relational"
+    dataset: str = "cifar10"
+    root: str = "data"
+    backbone: str = "conv4"
+    K: int = 32
+    gamma: float = 2.0
+    aggregation: str = "cat"
+    batch_size: int = 64  # per worker: pairs are built within each worker's mini-batch
+    lr: float = 1e-3
+    epochs: int = 200
+    seed: int = 0
+    # where and how to run it
+    workers: int = 1
+    use_gpu: bool = False
+    cpus_per_worker: int = 1
+    loader_workers: int = 1
+    checkpoint_every: int = 10
+    out: str = "runs/run"
+
+    # Fields that may change when a run is resumed: they do not change what is learned.
+    RESUMABLE = ("epochs", "checkpoint_every", "loader_workers", "cpus_per_worker", "root", "out")
+
+    def validate(self) -> "PretrainConfig":
+        from rrdist.data.datasets import DATASETS
+        from rrdist.methods import METHODS
+        from rrdist.models import BACKBONES
+
+        def need(ok: bool, message: str) -> None:
+            if not ok:
+                raise ConfigError(message)
+
+        need(self.method in METHODS, f"unknown method '{self.method}': choose one of {', '.join(sorted(METHODS))}")
+        need(self.dataset in DATASETS, f"unknown dataset '{self.dataset}': choose one of {', '.join(sorted(DATASETS))}")
+        need(self.backbone in BACKBONES, f"unknown backbone '{self.backbone}': choose one of {', '.join(BACKBONES)}")
+        need(self.aggregation in AGGREGATIONS,
+             f"unknown aggregation '{self.aggregation}': choose one of {', '.join(AGGREGATIONS)}")
+        need(self.K >= 2, f"K must be at least 2 (got {self.K}): relational reasoning pairs views of one image, pass --K 2 or more")
+        need(self.batch_size >= 2, f"batch size must be at least 2 (got {self.batch_size}): negatives pair different images, pass --batch-size 2 or more")
+        need(math.isfinite(self.gamma) and self.gamma >= 0, f"gamma must be >= 0 (got {self.gamma}): pass --gamma 0 for plain BCE or e.g. --gamma 2")
+        need(math.isfinite(self.lr) and self.lr > 0, f"learning rate must be > 0 (got {self.lr}): pass e.g. --lr 1e-3")
+        need(self.epochs >= 1, f"epochs must be at least 1 (got {self.epochs}): pass --epochs 1 or more")
+        need(self.workers >= 1, f"workers must be at least 1 (got {self.workers}): pass --workers 1 or more")
+        need(self.cpus_per_worker >= 1, f"cpus per worker must be at least 1 (got {self.cpus_per_worker})")
+        need(self.loader_workers >= 1, f"loader workers must be at least 1 (got {self.loader_workers})")
+        need(self.checkpoint_every >= 1, f"checkpoint interval must be at least 1 epoch (got {self.checkpoint_every})")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = "configuration") -> "PretrainConfig":
+        known = {f.name: f for f in fields(cls)}
+        unknown = sorted(set(data) - set(known))
+        if unknown:
+            raise ConfigError(f"unknown key '{unknown[0]}' in {source}: valid keys are {', '.join(known)}")
+        values = {}
+        for name, value in data.items():
+            kind = known[name].type
+            try:
+                if kind == "bool" and not isinstance(value, bool):
+                    raise ValueError
+                values[name] = {"int": int, "float": float, "str": str, "bool": bool}[kind](value)
+            except (TypeError, ValueError):
+                raise ConfigError(f"key '{name}' in {source} must be a {kind} (got {value!r})") from None
+        return cls(**values)
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> "PretrainConfig":
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist: pass the path of a YAML file")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"config file {path} is not valid YAML ({str(e).splitlines()[0]}): fix its syntax") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"config file {path} must hold a mapping of settings")
+        return cls.from_dict(data, source=str(path))
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    def differences(self, other: "PretrainConfig") -> list[str]:
+        """Settings that differ and would change what is learned."""
+        mine, theirs = self.to_dict(), other.to_dict()
+        return [k for k in mine if k not in self.RESUMABLE and mine[k] != theirs[k]]

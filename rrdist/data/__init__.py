@@ -1,0 +1,1 @@
+"""Datasets, .beton files, FFCV loaders and batched K-view augmentation."""

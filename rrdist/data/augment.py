@@ -1,0 +1,219 @@
+"""Batched K-view augmentation on the training device (appendix A.3 of the paper).
+
+Every view gets its own random parameters, drawn in one go for the whole batch:
+random resized crop (scale 0.08-1, ratio 3/4-4/3, bilinear) and horizontal flip as one batched
+resampling, then colour jitter (brightness, contrast, saturation 0.8, hue 0.2; applied with
+p=0.8, the four operations in a random order per view, as torchvision does), grayscale with
+p=0.2, and per-dataset normalisation. No Python loop over images or views.
+
+The colour operations follow torchvision's tensor definitions, so each can be checked against
+torchvision on the same inputs and factors.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+GRAY_WEIGHTS = (0.2989, 0.587, 0.114)  # torchvision's rgb_to_grayscale
+BRIGHTNESS, CONTRAST, SATURATION, HUE = range(4)
+
+
+# --------------------------------------------------------------------------- colour operations
+def grayscale(x: torch.Tensor) -> torch.Tensor:
+    """[N, 3, H, W] -> [N, 1, H, W] luma."""
+    r, g, b = x.unbind(1)
+    return (GRAY_WEIGHTS[0] * r + GRAY_WEIGHTS[1] * g + GRAY_WEIGHTS[2] * b).unsqueeze(1)
+
+
+def _blend(x: torch.Tensor, other: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    f = factor.view(-1, 1, 1, 1)
+    return (f * x + (1.0 - f) * other).clamp_(0.0, 1.0)
+
+
+def adjust_brightness(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    return (x * factor.view(-1, 1, 1, 1)).clamp_(0.0, 1.0)
+
+
+def adjust_contrast(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    return _blend(x, grayscale(x).mean(dim=(1, 2, 3), keepdim=True), factor)
+
+
+def adjust_saturation(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    return _blend(x, grayscale(x), factor)
+
+
+def adjust_hue(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """Rotate the hue of [N, 3, H, W] images in [0, 1] by `shift` (fraction of a turn), via HSV."""
+    maxc, _ = x.max(dim=1)
+    minc, _ = x.min(dim=1)
+    r, g, b = x.unbind(1)
+    chroma = maxc - minc
+    gray = chroma == 0
+    sat = chroma / torch.where(gray, torch.ones_like(maxc), maxc)
+    div = torch.where(gray, torch.ones_like(chroma), chroma)
+    rc, gc, bc = (maxc - r) / div, (maxc - g) / div, (maxc - b) / div
+    is_r = maxc == r
+    is_g = (maxc == g) & ~is_r
+    is_b = ~is_r & ~is_g
+    hue = is_r * (bc - gc) + is_g * (2.0 + rc - bc) + is_b * (4.0 + gc - rc)
+    hue = torch.fmod(hue / 6.0 + 1.0, 1.0)
+    hue = torch.remainder(hue + shift.view(-1, 1, 1), 1.0)
+    # HSV -> RGB: the six hue sectors pick which of (v, p, q, t) each channel gets.
+    h6 = hue * 6.0
+    sector = torch.floor(h6)
+    frac = h6 - sector
+    sector = sector.to(torch.int64) % 6
+    v = maxc
+    p = (v * (1.0 - sat)).clamp(0.0, 1.0)
+    q = (v * (1.0 - sat * frac)).clamp(0.0, 1.0)
+    t = (v * (1.0 - sat * (1.0 - frac))).clamp(0.0, 1.0)
+    table = torch.stack([  # rows: sector; columns: (r, g, b)
+        torch.stack([v, t, p]), torch.stack([q, v, p]), torch.stack([p, v, t]),
+        torch.stack([p, q, v]), torch.stack([t, p, v]), torch.stack([v, p, q]),
+    ])  # [6, 3, N, H, W]
+    index = sector.unsqueeze(0).unsqueeze(0).expand(1, 3, *sector.shape)
+    return table.gather(0, index).squeeze(0).permute(1, 0, 2, 3)
+
+
+# --------------------------------------------------------------------------- parameters
+@dataclass
+class ViewParams:
+    """Random parameters of n views (one row each)."""
+
+    top: torch.Tensor  # crop box in source pixels
+    left: torch.Tensor
+    height: torch.Tensor
+    width: torch.Tensor
+    flip: torch.Tensor  # bool
+    jitter: torch.Tensor  # bool: colour jitter applied
+    factors: torch.Tensor  # [n, 4]: brightness, contrast, saturation, hue
+    order: torch.Tensor  # [n, 4]: a permutation of the four jitter operations
+    gray: torch.Tensor  # bool
+
+
+@dataclass
+class KViewAugment:
+    """Makes K augmented views of each image of a uint8 batch, on the batch's device."""
+
+    out_size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    scale: tuple[float, float] = (0.08, 1.0)
+    ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    flip_p: float = 0.5
+    jitter_p: float = 0.8
+    brightness: float = 0.8
+    contrast: float = 0.8
+    saturation: float = 0.8
+    hue: float = 0.2
+    gray_p: float = 0.2
+
+    def sample(self, n: int, height: int, width: int, generator: torch.Generator,
+               device: torch.device) -> ViewParams:
+        """Parameters of n views, with torchvision's random-resized-crop rule (10 tries, then centre)."""
+        def rand(*shape):
+            return torch.rand(*shape, generator=generator, device=device)
+
+        area = height * width
+        tries = 10
+        target_area = area * (self.scale[0] + (self.scale[1] - self.scale[0]) * rand(n, tries))
+        log_lo, log_hi = math.log(self.ratio[0]), math.log(self.ratio[1])
+        aspect = torch.exp(log_lo + (log_hi - log_lo) * rand(n, tries))
+        w = torch.round(torch.sqrt(target_area * aspect))
+        h = torch.round(torch.sqrt(target_area / aspect))
+        ok = (w > 0) & (w <= width) & (h > 0) & (h <= height)
+        first = torch.argmax(ok.to(torch.uint8), dim=1, keepdim=True)  # first valid try
+        any_ok = ok.any(dim=1)
+        w = w.gather(1, first).squeeze(1)
+        h = h.gather(1, first).squeeze(1)
+        # Fallback (no valid try): the whole image, cropped to the nearest allowed ratio.
+        in_ratio = width / height
+        if in_ratio < self.ratio[0]:
+            fw, fh = width, int(round(width / self.ratio[0]))
+        elif in_ratio > self.ratio[1]:
+            fw, fh = int(round(height * self.ratio[1])), height
+        else:
+            fw, fh = width, height
+        w = torch.where(any_ok, w, torch.full_like(w, fw))
+        h = torch.where(any_ok, h, torch.full_like(h, fh))
+        top = torch.floor(rand(n) * (height - h + 1))
+        left = torch.floor(rand(n) * (width - w + 1))
+        top = torch.where(any_ok, top, torch.full_like(top, (height - fh) // 2))
+        left = torch.where(any_ok, left, torch.full_like(left, (width - fw) // 2))
+
+        lo = torch.tensor([1 - self.brightness, 1 - self.contrast, 1 - self.saturation, -self.hue], device=device)
+        hi = torch.tensor([1 + self.brightness, 1 + self.contrast, 1 + self.saturation, self.hue], device=device)
+        lo[:3].clamp_(min=0.0)
+        factors = lo + (hi - lo) * rand(n, 4)
+        return ViewParams(
+            top=top, left=left, height=h, width=w,
+            flip=rand(n) < self.flip_p,
+            jitter=rand(n) < self.jitter_p,
+            factors=factors,
+            order=torch.argsort(rand(n, 4), dim=1),
+            gray=rand(n) < self.gray_p,
+        )
+
+    # ----------------------------------------------------------------------- application
+    def crop_grid(self, p: ViewParams, height: int, width: int) -> torch.Tensor:
+        """Sampling grid [n, S, S, 2] that crops, resizes (bilinear) and flips in one resampling."""
+        # Output pixel u (normalised centre c_u in (-1, 1)) reads source column
+        # left + (u + 0.5) * w / S - 0.5, i.e. normalised x = (w / W) * c_u + (2 * left + w) / W - 1.
+        sx = p.width / width
+        sx = torch.where(p.flip, -sx, sx)
+        theta = torch.zeros(p.top.shape[0], 2, 3, device=p.top.device)
+        theta[:, 0, 0] = sx
+        theta[:, 0, 2] = (2 * p.left + p.width) / width - 1
+        theta[:, 1, 1] = p.height / height
+        theta[:, 1, 2] = (2 * p.top + p.height) / height - 1
+        return F.affine_grid(theta, [theta.shape[0], 3, self.out_size, self.out_size], align_corners=False)
+
+    def colour(self, x: torch.Tensor, p: ViewParams) -> torch.Tensor:
+        """Colour jitter (random order per view) then random grayscale, on [n, 3, S, S] in [0, 1]."""
+        one = torch.ones_like(p.factors[:, 0])
+        for step in range(4):
+            op = torch.where(p.jitter, p.order[:, step], torch.full_like(p.order[:, step], -1))
+            # Each view runs exactly one operation per step; the other three get identity factors.
+            x = adjust_brightness(x, torch.where(op == BRIGHTNESS, p.factors[:, 0], one))
+            x = adjust_contrast(x, torch.where(op == CONTRAST, p.factors[:, 1], one))
+            x = adjust_saturation(x, torch.where(op == SATURATION, p.factors[:, 2], one))
+            hue_now = op == HUE
+            x = torch.where(hue_now.view(-1, 1, 1, 1), adjust_hue(x, p.factors[:, 3]), x)
+        return torch.where(p.gray.view(-1, 1, 1, 1), grayscale(x).expand_as(x), x)
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        mean = torch.tensor(self.mean, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+        std = torch.tensor(self.std, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+        return (x - mean) / std
+
+    def __call__(self, images: torch.Tensor, K: int, generator: torch.Generator) -> torch.Tensor:
+        """uint8 [M, H, W, 3] -> float [K * M, 3, S, S], view-major (view k is rows k*M..k*M+M-1)."""
+        M, H, W, _ = images.shape
+        S = self.out_size
+        device = images.device
+        x = images.permute(0, 3, 1, 2).float().div_(255.0)
+        p = self.sample(K * M, H, W, generator, device)
+        # Stack each image's K sampling grids along the height axis: one grid_sample call reads
+        # every image once and writes all its K views, without copying the image K times.
+        grid = self.crop_grid(p, H, W).view(K, M, S, S, 2).transpose(0, 1).reshape(M, K * S, S, 2)
+        views = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+        views = views.view(M, 3, K, S, S).permute(2, 0, 1, 3, 4).reshape(K * M, 3, S, S)
+        return self.normalize(self.colour(views, p))
+
+    def plain(self, images: torch.Tensor) -> torch.Tensor:
+        """No augmentation (evaluation): uint8 [B, H, W, 3] -> normalised float [B, 3, H, W]."""
+        x = images.permute(0, 3, 1, 2).float().div_(255.0)
+        if x.shape[-1] != self.out_size or x.shape[-2] != self.out_size:
+            x = F.interpolate(x, size=(self.out_size, self.out_size), mode="bilinear", align_corners=False,
+                              antialias=True)
+        return self.normalize(x)
+
+
+def view_generator(seed: int, device: torch.device) -> torch.Generator:
+    g = torch.Generator(device=device)
+    g.manual_seed(seed)
+    return g

@@ -1,0 +1,41 @@
+"""FFCV loaders: decode each image once, as uint8 [B, H, W, 3]; views are made on the device."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from rrdist.errors import DataError
+
+
+def image_loader(path: str | Path, batch_size: int, *, train: bool, num_workers: int = 1, seed: int = 0,
+                 distributed: bool = False, device: torch.device | None = None, drop_last: bool | None = None):
+    """An FFCV Loader over a .beton: random order (seeded per epoch) for training, sequential otherwise.
+
+    With `distributed=True` FFCV shards by rank (torch.distributed must be initialised); every
+    rank passes the same seed so the shards partition one shared permutation.
+    """
+    from ffcv.fields.decoders import IntDecoder, SimpleRGBImageDecoder
+    from ffcv.loader import Loader, OrderOption
+    from ffcv.transforms import Squeeze, ToDevice, ToTensor
+
+    image = [SimpleRGBImageDecoder(), ToTensor()]
+    label = [IntDecoder(), ToTensor(), Squeeze()]
+    if device is not None and device.type == "cuda":
+        image.append(ToDevice(device, non_blocking=True))
+        label.append(ToDevice(device, non_blocking=True))
+    threads = torch.get_num_threads()
+    try:
+        loader = Loader(
+            str(path), batch_size=batch_size, num_workers=num_workers,
+            order=OrderOption.RANDOM if train else OrderOption.SEQUENTIAL,
+            os_cache=True, drop_last=train if drop_last is None else drop_last,
+            pipelines={"image": image, "label": label}, distributed=distributed, seed=seed,
+            batches_ahead=3)
+    except Exception as e:  # FFCV raises assorted errors on unreadable files
+        raise DataError(f"cannot read {path} ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}): "
+                        f"it may be corrupt, run `rrdist data prepare ... --force`") from None
+    finally:
+        torch.set_num_threads(threads)  # FFCV's Loader changes the process-wide thread count
+    return loader

@@ -1,0 +1,34 @@
+"""What a method is: the modules it trains, the views it needs, and its training step.
+
+A method is an nn.Module so that DDP can wrap it whole: `forward(views, labels)` is the
+training step and returns (loss, metrics), metrics being detached tensors that stay on the
+device until the worker loop reads them once per epoch.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from rrdist.config import PretrainConfig
+
+
+class Method(nn.Module):
+    backbone: nn.Module
+
+    def __init__(self, cfg: PretrainConfig, backbone: nn.Module) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.backbone = backbone
+
+    @property
+    def views_per_image(self) -> int:
+        """How many augmented views of each image a training step takes."""
+        return 1
+
+    def configure_optimizer(self) -> torch.optim.Optimizer:
+        return torch.optim.Adam(self.parameters(), lr=self.cfg.lr)
+
+    def forward(self, views: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """views: [K * M, C, H, W], view-major; labels: [M] (unused by self-supervised methods)."""
+        raise NotImplementedError

@@ -1,0 +1,91 @@
+"""Self-supervised relational reasoning (Patacchiola & Storkey, 2020).
+
+For every unordered pair of views i < j of a mini-batch of M images, M positive pairs (view i
+and view j of the same image) and M negative pairs (view i of image n with view j of another
+image): P = M (K^2 - K) pairs per step, scored by a relation head and trained with the focal
+BCE of eq. (7)-(8). Pairs are built with index tensors, in one shot.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from rrdist.config import PretrainConfig
+from rrdist.losses import focal_bce_with_logits
+from rrdist.methods.base import Method
+from rrdist.models.heads import relation_head
+
+
+def positive_pairs(M: int, K: int, device: torch.device | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Row indices (left, right) into the view-major [K * M, D] features of all positive pairs.
+
+    Ordered by view pair (i, j), i < j, then by image n: left = i*M + n, right = j*M + n.
+    """
+    i, j = torch.triu_indices(K, K, offset=1, device=device)
+    n = torch.arange(M, device=device)
+    left = (i[:, None] * M + n).reshape(-1)
+    right = (j[:, None] * M + n).reshape(-1)
+    return left, right
+
+
+def negative_partners(right: torch.Tensor, M: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """For each positive (left, right), the same view of a different image, drawn uniformly.
+
+    Algorithm 1's SHUFFLE: image n is paired with image (n + s) mod M, s uniform in 1..M-1,
+    so it is never paired with itself.
+    """
+    shift = torch.randint(1, M, right.shape, device=right.device, generator=generator)
+    n = right % M
+    return right - n + (n + shift) % M
+
+
+def aggregate(z: torch.Tensor, left: torch.Tensor, right: torch.Tensor, how: str) -> torch.Tensor:
+    """The aggregation a(z_left, z_right) of eq. (5); `mean` is sum / 2."""
+    a, b = z[left], z[right]
+    if how == "cat":
+        return torch.cat([a, b], dim=1)
+    if how == "sum":
+        return a + b
+    if how == "mean":
+        return (a + b) * 0.5
+    if how == "max":
+        return torch.maximum(a, b)
+    raise ValueError(f"unknown aggregation {how}")
+
+
+class RelationalReasoning(Method):
+    def __init__(self, cfg: PretrainConfig, backbone: nn.Module) -> None:
+        super().__init__(cfg, backbone)
+        width = backbone.feature_size * (2 if cfg.aggregation == "cat" else 1)
+        self.head = relation_head(width)
+        self._pairs: dict[tuple[int, int, str], tuple[torch.Tensor, torch.Tensor]] = {}
+        self.generator: torch.Generator | None = None  # set by the worker loop for reproducible negatives
+
+    @property
+    def views_per_image(self) -> int:
+        return self.cfg.K
+
+    def pairs(self, M: int, K: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        key = (M, K, str(device))  # positive indices depend only on (M, K): build them once
+        if key not in self._pairs:
+            self._pairs[key] = positive_pairs(M, K, device)
+        return self._pairs[key]
+
+    def relation_logits(self, z: torch.Tensor, M: int, K: int) -> tuple[torch.Tensor, torch.Tensor]:
+        left, right = self.pairs(M, K, z.device)
+        neg_right = negative_partners(right, M, self.generator)
+        all_left = torch.cat([left, left])
+        all_right = torch.cat([right, neg_right])
+        logits = self.head(aggregate(z, all_left, all_right, self.cfg.aggregation)).squeeze(1)
+        targets = torch.cat([torch.ones_like(left, dtype=z.dtype), torch.zeros_like(left, dtype=z.dtype)])
+        return logits, targets
+
+    def forward(self, views: torch.Tensor, labels: torch.Tensor):
+        K = self.cfg.K
+        M = views.shape[0] // K
+        z = self.backbone(views)
+        logits, targets = self.relation_logits(z, M, K)
+        loss = focal_bce_with_logits(logits, targets, self.cfg.gamma)
+        correct = ((logits > 0).to(targets.dtype) == targets).float().mean()
+        return loss, {"loss": loss.detach(), "pair_acc": correct.detach()}

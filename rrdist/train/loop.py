@@ -1,0 +1,142 @@
+"""The Ray Train worker loop: wires loader, views, method, optimizer, logging and checkpoints."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from rrdist.config import PretrainConfig
+from rrdist.errors import MARKER, TrainingError
+
+# Sums kept on the device during an epoch and read once at its end (no per-step host sync).
+LOSS, ACC, STEPS, NONFINITE, VIEWS = range(5)
+
+
+def epoch_seed(seed: int, rank: int, epoch: int) -> int:
+    """The views' seed: a function of (seed, rank, epoch), so a resumed epoch sees the same views."""
+    return (seed * 1_000_003 + rank * 10_007 + epoch) % (2**63 - 1)
+
+
+def train_epoch(model: torch.nn.Module, loader, augment, optimizer: torch.optim.Optimizer, K: int,
+                generator: torch.Generator, device: torch.device, fault: str | None = None,
+                trace: list[float] | None = None) -> torch.Tensor:
+    """One pass over the loader; returns the device-side sums [loss, acc, steps, nonfinite, views]."""
+    sums = torch.zeros(5, device=device, dtype=torch.float64)
+    for step, (images, labels) in enumerate(loader):
+        images = images.to(device, non_blocking=True)
+        views = augment(images, K, generator)
+        loss, metrics = model(views, labels)
+        if fault == "nan-loss":  # test hook: what a diverged run looks like
+            loss = loss * float("nan")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        sums += torch.stack([metrics["loss"].double(), metrics["pair_acc"].double(),
+                             torch.ones((), device=device, dtype=torch.float64),
+                             (~torch.isfinite(loss.detach())).double(),
+                             torch.full((), float(views.shape[0]), device=device, dtype=torch.float64)])
+        if trace is not None:
+            trace.append(float(metrics["loss"]))
+    return sums
+
+
+def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    return model.module if hasattr(model, "module") else model
+
+
+def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
+    import ray.train
+    import ray.train.torch
+    from torch.utils.tensorboard import SummaryWriter
+
+    from rrdist.data.augment import KViewAugment, view_generator
+    from rrdist.data.loader import image_loader
+    from rrdist.methods import build_method
+    from rrdist.train.checkpoint import load_state, save_backbone, save_state
+
+    cfg = PretrainConfig.from_dict(loop_config["config"])
+    run_dir = Path(loop_config["run_dir"])
+    data = loop_config["data"]
+    fault = loop_config.get("fault")
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    device = ray.train.torch.get_device() if cfg.use_gpu else torch.device("cpu")
+
+    torch.manual_seed(cfg.seed)  # identical initial weights on every rank
+    method = build_method(cfg)
+    optimizer = method.configure_optimizer()
+    start_epoch = 0
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as d:
+            state = load_state(Path(d))
+        method.load_state_dict(state["method"])
+        optimizer.load_state_dict(state["optimizer"])
+        start_epoch = int(state["epoch"])
+    model = ray.train.torch.prepare_model(method) if world > 1 or cfg.use_gpu else method
+    optimizer_to(optimizer, device)
+
+    loader = image_loader(data["train"], cfg.batch_size, train=True, num_workers=cfg.loader_workers,
+                          seed=cfg.seed, distributed=world > 1, device=device)
+    loader.next_epoch = start_epoch
+    torch.set_num_threads(cfg.cpus_per_worker)
+    augment = KViewAugment(data["image_size"], tuple(data["mean"]), tuple(data["std"]))
+    generator = view_generator(0, device)
+    method.generator = generator
+
+    writer = SummaryWriter(str(run_dir / "tb")) if rank == 0 else None
+    if rank == 0 and start_epoch > 0:
+        print(f"resuming from epoch {start_epoch}")
+    for epoch in range(start_epoch, cfg.epochs):
+        generator.manual_seed(epoch_seed(cfg.seed, rank, epoch))
+        model.train()
+        start = time.perf_counter()
+        sums = train_epoch(model, loader, augment, optimizer, cfg.K, generator, device, fault)
+        if world > 1:
+            torch.distributed.all_reduce(sums)  # global metrics, not rank 0's share
+        elapsed = time.perf_counter() - start
+        if world > 1:
+            elapsed_t = torch.tensor([elapsed], dtype=torch.float64, device=device)
+            torch.distributed.all_reduce(elapsed_t, op=torch.distributed.ReduceOp.MAX)
+            elapsed = float(elapsed_t)
+        loss_sum, acc_sum, steps, nonfinite, views = sums.tolist()
+        if nonfinite > 0:
+            raise TrainingError(f"{MARKER}the loss became NaN or infinite in epoch {epoch + 1}: lower --lr or "
+                                f"check the data; the last good checkpoint in {run_dir} is kept")
+        done = epoch + 1
+        metrics = {"epoch": done, "loss": loss_sum / max(steps, 1), "pair_acc": acc_sum / max(steps, 1),
+                   "views_per_s": views / max(elapsed, 1e-9), "epoch_time_s": elapsed, "steps": int(steps)}
+        if writer is not None:
+            for key in ("loss", "pair_acc", "views_per_s", "epoch_time_s"):
+                writer.add_scalar(f"pretrain/{key}", metrics[key], done)
+            writer.flush()
+            with open(run_dir / "metrics.jsonl", "a") as f:
+                f.write(json.dumps(metrics) + "\n")
+            print(f"epoch {done}/{cfg.epochs} loss {metrics['loss']:.4f} pair-acc {metrics['pair_acc']:.3f} "
+                  f"{metrics['views_per_s']:.0f} views/s")
+        if done % cfg.checkpoint_every == 0 or done == cfg.epochs:
+            with tempfile.TemporaryDirectory() as tmp:
+                ckpt = None
+                if rank == 0:
+                    save_state(Path(tmp), method, optimizer, done, cfg.to_dict())
+                    ckpt = ray.train.Checkpoint.from_directory(tmp)
+                ray.train.report(metrics, checkpoint=ckpt, checkpoint_dir_name=f"epoch_{done:04d}")
+        else:
+            ray.train.report(metrics)
+    if rank == 0:
+        save_backbone(run_dir, method.backbone, cfg.to_dict(), max(cfg.epochs, start_epoch))
+        writer.close()
+
+
+def optimizer_to(optimizer: torch.optim.Optimizer, device: torch.device) -> None:
+    """Move optimizer state loaded on the CPU to the training device."""
+    for state in optimizer.state.values():
+        for k, v in state.items():
+            if isinstance(v, torch.Tensor) and k != "step":
+                state[k] = v.to(device)
+

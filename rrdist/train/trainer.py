@@ -1,0 +1,105 @@
+"""The driver side of pretraining: check the run folder, prepare data, build and fit a TorchTrainer."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rrdist import atomic
+from rrdist.config import PretrainConfig
+from rrdist.errors import ConfigError, RrdistError, TrainingError, find_user_message
+
+QUIET_RAY = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_TRAIN_ENABLE_PRINT_PATCH": "0",
+             "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
+
+
+def init_ray(address: str | None = None) -> None:
+    """Join `address` (or $RAY_ADDRESS, as inside a submitted job), else start a private local Ray."""
+    for k, v in QUIET_RAY.items():
+        os.environ.setdefault(k, v)
+    import ray
+
+    if ray.is_initialized():
+        return
+    if address:
+        ray.init(address=address, log_to_driver=True)
+    elif os.environ.get("RAY_ADDRESS"):
+        ray.init()
+    else:
+        ray.init(address="local", include_dashboard=False, log_to_driver=True)
+
+
+def check_run_folder(cfg: PretrainConfig, run_dir: Path) -> bool:
+    """Refuse a run folder that holds a different run; True when it holds this one (resume)."""
+    saved = run_dir / "config.yaml"
+    if not saved.is_file():
+        return False
+    try:
+        old = PretrainConfig.from_yaml(saved)
+    except RrdistError:
+        raise ConfigError(f"{saved} is unreadable: choose a new --out folder") from None
+    diff = cfg.differences(old)
+    if diff:
+        k = diff[0]
+        raise ConfigError(f"{run_dir} holds a run with {k}={getattr(old, k)!r} (now {getattr(cfg, k)!r}): "
+                          f"use the same settings to resume it, or choose a new --out folder")
+    return True
+
+
+@dataclass
+class PretrainResult:
+    run_dir: Path
+    metrics: dict[str, Any]
+    resumed: bool
+
+
+def pretrain(cfg: PretrainConfig, address: str | None = None, log=print) -> PretrainResult:
+    from rrdist.data.beton import ensure_prepared, split_path
+
+    cfg.validate()
+    run_dir = Path(cfg.out).expanduser().resolve()
+    resumed = check_run_folder(cfg, run_dir)
+    manifest = ensure_prepared(cfg.dataset, cfg.root, log=log)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic.write_text(run_dir / "config.yaml", cfg.to_yaml())
+
+    init_ray(address)
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    from rrdist.train.loop import train_loop_per_worker
+
+    loop_config = {
+        "config": cfg.to_dict(), "run_dir": str(run_dir),
+        "data": {"train": str(split_path(manifest, "train")), "image_size": manifest["image_size"],
+                 "mean": manifest["mean"], "std": manifest["std"]},
+        "fault": os.environ.get("RRDIST_FAULT"),
+    }
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config=loop_config,
+        torch_config=TorchConfig(backend="nccl" if cfg.use_gpu else "gloo"),
+        scaling_config=ScalingConfig(num_workers=cfg.workers, use_gpu=cfg.use_gpu,
+                                     resources_per_worker={"CPU": cfg.cpus_per_worker}),
+        run_config=RunConfig(
+            name="train", storage_path=str(run_dir),
+            checkpoint_config=CheckpointConfig(num_to_keep=2),
+            failure_config=FailureConfig(max_failures=0)),
+    )
+    log(f"pretraining {cfg.method}/{cfg.backbone} on {cfg.dataset}, K={cfg.K}, {cfg.workers} worker(s) -> {run_dir}")
+    try:
+        result = trainer.fit()
+    except Exception as e:
+        message = find_user_message(e)
+        if message:
+            raise TrainingError(message) from None
+        raise
+    if result.error is not None:
+        message = find_user_message(result.error)
+        if message:
+            raise TrainingError(message)
+        raise result.error
+    metrics = dict(result.metrics or {})
+    return PretrainResult(run_dir, metrics, resumed)
