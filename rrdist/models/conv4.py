@@ -20,8 +20,11 @@ class Conv4(nn.Module):
             _block(16, 32, nn.AvgPool2d(2, 2)),
             _block(32, 64, nn.AdaptiveAvgPool2d(1)),
         )
-        for m in self.modules():
-            if isinstance(m, nn.BatchNorm2d):
+        for m in self.modules():  # He (fan-out) init keeps the signal's scale through the blocks
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+                nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.BatchNorm2d):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
 

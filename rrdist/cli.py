@@ -1,0 +1,136 @@
+"""The `rrdist` command: data, pretrain, evaluate, demo."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from rrdist.errors import RrdistError, find_user_message
+
+
+def _data(args: argparse.Namespace) -> int:
+    from rrdist.data.datasets import DATASETS
+
+    if args.data_command == "list":
+        for name, spec in sorted(DATASETS.items()):
+            print(f"{name:12s} {spec.summary}")
+        return 0
+    from rrdist.data.beton import prepare
+
+    manifest = prepare(args.dataset, args.root, download=args.download, image_size=args.image_size,
+                       force=args.force)
+    splits = ", ".join(f"{k} {v['n']}" for k, v in manifest["splits"].items())
+    print(f"{args.dataset}: {splits} images of {manifest['image_size']}x{manifest['image_size']} "
+          f"in {manifest['dir']}")
+    return 0
+
+
+PRETRAIN_FLAGS = {  # flag -> config field (None: same name with '-' for '_')
+    "method": str, "dataset": str, "root": str, "backbone": str, "K": int, "gamma": float,
+    "aggregation": str, "batch_size": int, "lr": float, "epochs": int, "seed": int, "workers": int,
+    "cpus_per_worker": int, "loader_workers": int, "checkpoint_every": int, "out": str,
+}
+
+
+def _pretrain(args: argparse.Namespace) -> int:
+    from rrdist.config import PretrainConfig
+    from rrdist.train.trainer import pretrain
+
+    cfg = PretrainConfig.from_yaml(args.config) if args.config else PretrainConfig()
+    values = cfg.to_dict()
+    for name in PRETRAIN_FLAGS:
+        value = getattr(args, name)
+        if value is not None:
+            values[name] = value
+    if args.use_gpu:
+        values["use_gpu"] = True
+    cfg = PretrainConfig.from_dict(values).validate()
+    result = pretrain(cfg, address=args.address)
+    m = result.metrics
+    print(f"done: {m.get('epoch', cfg.epochs)} epochs, loss {m.get('loss', float('nan')):.4f}, "
+          f"pair accuracy {m.get('pair_acc', float('nan')):.3f}; backbone in {result.run_dir / 'backbone.pt'}")
+    print(f"next: rrdist evaluate linear --run {cfg.out}    tensorboard --logdir {Path(cfg.out).parent}")
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from rrdist.eval.linear import LinearSettings, evaluate_linear
+
+    settings = LinearSettings(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed)
+    result = evaluate_linear(args.run, init=args.init, dataset=args.dataset, root=args.root,
+                             settings=settings, device=args.device)
+    print(f"linear evaluation ({args.init} weights) on {result['dataset']}: "
+          f"test accuracy {100 * result['test_accuracy']:.2f}%")
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from rrdist.demo import run_demo
+
+    run_demo(Path(args.out), epochs=args.epochs, workers=args.workers)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="rrdist", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    data = sub.add_parser("data", help="prepare datasets as FFCV .beton files")
+    data_sub = data.add_subparsers(dest="data_command", required=True)
+    data_sub.add_parser("list", help="list the datasets")
+    prep = data_sub.add_parser("prepare", help="write <root>/ffcv/<dataset>/{train,test}.beton")
+    prep.add_argument("dataset")
+    prep.add_argument("--root", default="data", help="folder with the dataset's files; .beton files go to ROOT/ffcv/")
+    prep.add_argument("--download", action="store_true", help="download the dataset first (needs a network)")
+    prep.add_argument("--image-size", type=int, default=None, help="resize images to N x N")
+    prep.add_argument("--force", action="store_true", help="write again even if valid files exist")
+    data.set_defaults(func=_data)
+
+    pre = sub.add_parser("pretrain", help="self-supervised pretraining on Ray Train")
+    pre.add_argument("--config", help="YAML file of settings; flags override it")
+    for name, kind in PRETRAIN_FLAGS.items():
+        flag = "--K" if name == "K" else "--" + name.replace("_", "-")
+        pre.add_argument(flag, dest=name, type=kind, default=None)
+    pre.add_argument("--use-gpu", action="store_true", help="one GPU per worker, NCCL")
+    pre.add_argument("--address", default=None, help="Ray cluster to join (default: a private local Ray)")
+    pre.set_defaults(func=_pretrain)
+
+    ev = sub.add_parser("evaluate", help="evaluate a run's backbone")
+    ev_sub = ev.add_subparsers(dest="evaluation", required=True)
+    lin = ev_sub.add_parser("linear", help="linear evaluation on frozen, cached features")
+    lin.add_argument("--run", required=True, help="the run folder (pretrain --out)")
+    lin.add_argument("--init", default="trained", choices=["trained", "random"])
+    lin.add_argument("--dataset", default=None, help="evaluate on another dataset (default: the run's)")
+    lin.add_argument("--root", default=None)
+    lin.add_argument("--epochs", type=int, default=100)
+    lin.add_argument("--batch-size", type=int, default=128)
+    lin.add_argument("--lr", type=float, default=1e-3)
+    lin.add_argument("--seed", type=int, default=0)
+    lin.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    ev.set_defaults(func=_evaluate)
+
+    demo = sub.add_parser("demo", help="pretrain on the embedded digits data, evaluate, print a table")
+    demo.add_argument("--out", default="runs/demo")
+    demo.add_argument("--epochs", type=int, default=30)
+    demo.add_argument("--workers", type=int, default=2)
+    demo.set_defaults(func=_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except RrdistError as e:
+        print(f"rrdist: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("rrdist: interrupted; run the same command again to resume", file=sys.stderr)
+        return 130
+    except Exception as e:  # a user error wrapped by Ray still gets its one line
+        message = find_user_message(e)
+        if message is None:
+            raise
+        print(f"rrdist: error: {message}", file=sys.stderr)
+        return 2

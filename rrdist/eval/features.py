@@ -1,0 +1,79 @@
+"""Backbone features of a dataset split, extracted once and cached in the run folder."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from rrdist import atomic
+from rrdist.config import PretrainConfig
+from rrdist.errors import DataError
+
+
+def load_backbone(run_dir: Path, init: str) -> tuple[torch.nn.Module, PretrainConfig, str]:
+    """The run's trained backbone, or (init='random') its initial weights: the lower bound.
+
+    Returns the backbone, the run's config and a fingerprint of the weights for the feature cache.
+    """
+    from rrdist.models import build_backbone
+    from rrdist.train.checkpoint import BACKBONE_FILE, load_backbone_file
+
+    config_file = run_dir / "config.yaml"
+    if not config_file.is_file():
+        raise DataError(f"{run_dir} is not a run folder (no config.yaml): pass the --out folder of `rrdist pretrain`")
+    cfg = PretrainConfig.from_yaml(config_file)
+    if init == "random":
+        torch.manual_seed(cfg.seed)  # the same weights the pretraining started from
+        backbone = build_backbone(cfg.backbone)
+        fingerprint = f"random-{cfg.backbone}-{cfg.seed}"
+    elif init == "trained":
+        path = run_dir / BACKBONE_FILE
+        saved = load_backbone_file(path)
+        backbone = build_backbone(cfg.backbone)
+        backbone.load_state_dict(saved["backbone"])
+        stat = path.stat()
+        fingerprint = f"trained-{stat.st_size}-{stat.st_mtime_ns}"
+    else:
+        raise DataError(f"unknown --init '{init}': choose trained or random")
+    return backbone, cfg, fingerprint
+
+
+@torch.no_grad()
+def extract(backbone: torch.nn.Module, beton: Path, manifest: dict[str, Any], device: torch.device,
+            batch_size: int = 512) -> tuple[torch.Tensor, torch.Tensor]:
+    """Features [N, D] and labels [N] of every image of a split, in file order, no augmentation."""
+    from rrdist.data.augment import KViewAugment
+    from rrdist.data.loader import image_loader
+
+    prep = KViewAugment(manifest["image_size"], tuple(manifest["mean"]), tuple(manifest["std"]))
+    loader = image_loader(beton, batch_size, train=False, num_workers=1, device=device, drop_last=False)
+    backbone = backbone.to(device).eval()
+    feats, labels = [], []
+    for images, y in loader:
+        feats.append(backbone(prep.plain(images.to(device))).float().cpu())
+        labels.append(y.cpu())
+    return torch.cat(feats), torch.cat(labels)
+
+
+def cached_features(run_dir: Path, backbone: torch.nn.Module, fingerprint: str, manifest: dict[str, Any],
+                    split: str, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, bool]:
+    """Features of `split`, from the cache when the same weights and data made them; (feats, labels, hit)."""
+    from rrdist.data.beton import split_path
+
+    beton = split_path(manifest, split)
+    key = json.dumps({"weights": fingerprint, "data": manifest["splits"][split]["sha256"]}, sort_keys=True)
+    digest = hashlib.sha256(key.encode()).hexdigest()[:16]
+    path = run_dir / "features" / f"{manifest['dataset']}-{split}-{digest}.pt"
+    if path.is_file():
+        try:
+            saved = torch.load(path, map_location="cpu", weights_only=True)
+            return saved["features"], saved["labels"], True
+        except Exception:
+            pass  # an unreadable cache is recomputed
+    feats, labels = extract(backbone, beton, manifest, device)
+    atomic.torch_save({"features": feats, "labels": labels, "key": key}, path)
+    return feats, labels, False

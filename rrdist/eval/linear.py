@@ -1,0 +1,84 @@
+"""Linear evaluation (Kolesnikov et al., 2019, as in the paper): a linear classifier on frozen features.
+
+100 epochs, Adam lr 1e-3, mini-batch 128, no augmentation; the score is test accuracy. The
+backbone runs once per split (features cached), not once per epoch.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from rrdist import atomic
+
+
+@dataclass
+class LinearSettings:
+    epochs: int = 100
+    lr: float = 1e-3
+    batch_size: int = 128
+    seed: int = 0
+
+
+def fit_linear(train_x: torch.Tensor, train_y: torch.Tensor, num_classes: int, settings: LinearSettings,
+               device: torch.device) -> torch.nn.Linear:
+    g = torch.Generator().manual_seed(settings.seed)
+    torch.manual_seed(settings.seed)
+    clf = torch.nn.Linear(train_x.shape[1], num_classes).to(device)
+    opt = torch.optim.Adam(clf.parameters(), lr=settings.lr)
+    x, y = train_x.to(device), train_y.to(device)
+    n = len(y)
+    for _ in range(settings.epochs):
+        order = torch.randperm(n, generator=g).to(device)
+        for start in range(0, n, settings.batch_size):
+            idx = order[start:start + settings.batch_size]
+            loss = F.cross_entropy(clf(x[idx]), y[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+    return clf
+
+
+@torch.no_grad()
+def accuracy(clf: torch.nn.Linear, x: torch.Tensor, y: torch.Tensor, device: torch.device) -> float:
+    pred = clf(x.to(device)).argmax(1).cpu()
+    return float((pred == y).float().mean())
+
+
+def evaluate_linear(run_dir: str | Path, init: str = "trained", dataset: str | None = None,
+                    root: str | None = None, settings: LinearSettings | None = None,
+                    device: str | None = None, log=print) -> dict[str, Any]:
+    """Linear accuracy of a run's backbone; written to <run>/eval/ and TensorBoard."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    from rrdist.data.beton import ensure_prepared
+    from rrdist.eval.features import cached_features, load_backbone
+
+    settings = settings or LinearSettings()
+    run_dir = Path(run_dir).expanduser().resolve()
+    backbone, cfg, fingerprint = load_backbone(run_dir, init)
+    dataset = dataset or cfg.dataset
+    manifest = ensure_prepared(dataset, root or cfg.root, log=log)
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    start = time.perf_counter()
+    train_x, train_y, hit_train = cached_features(run_dir, backbone, fingerprint, manifest, "train", dev)
+    test_x, test_y, hit_test = cached_features(run_dir, backbone, fingerprint, manifest, "test", dev)
+    features_s = time.perf_counter() - start
+    start = time.perf_counter()
+    clf = fit_linear(train_x, train_y, manifest["num_classes"], settings, dev)
+    result = {
+        "evaluation": "linear", "init": init, "dataset": dataset, "pretrain_dataset": cfg.dataset,
+        "test_accuracy": accuracy(clf, test_x, test_y, dev), "train_accuracy": accuracy(clf, train_x, train_y, dev),
+        "settings": vars(settings), "feature_dim": int(train_x.shape[1]),
+        "n_train": int(len(train_y)), "n_test": int(len(test_y)), "features_cached": hit_train and hit_test,
+        "features_s": round(features_s, 3), "fit_s": round(time.perf_counter() - start, 3),
+    }
+    atomic.write_json(run_dir / "eval" / f"linear-{init}-{dataset}.json", result)
+    with SummaryWriter(str(run_dir / "tb")) as writer:
+        writer.add_scalar(f"eval/linear_{init}_{dataset}", result["test_accuracy"], cfg.epochs)
+    return result
