@@ -18,10 +18,10 @@ def image_loader(path: str | Path, batch_size: int, *, train: bool, num_workers:
     """
     from ffcv.fields.decoders import IntDecoder, SimpleRGBImageDecoder
     from ffcv.loader import Loader, OrderOption
-    from ffcv.transforms import Squeeze, ToDevice, ToTensor
+    from ffcv.transforms import ToDevice, ToTensor
 
     image = [SimpleRGBImageDecoder(), ToTensor()]
-    label = [IntDecoder(), ToTensor(), Squeeze()]
+    label = [IntDecoder(), ToTensor()]
     if device is not None and device.type == "cuda":
         image.append(ToDevice(device, non_blocking=True))
         label.append(ToDevice(device, non_blocking=True))
@@ -38,4 +38,29 @@ def image_loader(path: str | Path, batch_size: int, *, train: bool, num_workers:
                         f"it may be corrupt, run `rrdist data prepare ... --force`") from None
     finally:
         torch.set_num_threads(threads)  # FFCV's Loader changes the process-wide thread count
-    return loader
+    return Batches(loader)
+
+
+class Batches:
+    """An FFCV Loader yielding (uint8 images [B, H, W, 3], int64 labels [B]).
+
+    FFCV's Squeeze would turn a last batch of one label into a 0-d tensor; flattening does not.
+    """
+
+    def __init__(self, loader) -> None:
+        self.loader = loader
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    @property
+    def next_epoch(self) -> int:
+        return self.loader.next_epoch
+
+    @next_epoch.setter
+    def next_epoch(self, epoch: int) -> None:
+        self.loader.next_epoch = epoch
+
+    def __iter__(self):
+        for images, labels in self.loader:
+            yield images, labels.view(-1)

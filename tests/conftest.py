@@ -1,0 +1,28 @@
+import os
+
+for key, value in {"RAY_USAGE_STATS_ENABLED": "0", "RAY_TRAIN_ENABLE_PRINT_PATCH": "0",
+                   "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}.items():
+    os.environ.setdefault(key, value)
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """One local Ray for the whole test session."""
+    import ray
+
+    from rrdist.train.trainer import init_ray
+
+    init_ray(None)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def digits_root(tmp_path_factory):
+    from rrdist.data.beton import prepare
+
+    root = tmp_path_factory.mktemp("digits-data")
+    prepare("digits", root, log=lambda *a: None)
+    return root

@@ -1,0 +1,37 @@
+import pytest
+import torch
+
+from rrdist.errors import ConfigError
+from rrdist.models import BACKBONES, build_backbone
+
+
+def count(model):
+    return sum(p.numel() for p in model.parameters())
+
+
+@pytest.mark.parametrize("name,dim", [("conv4", 64), ("resnet8", 64), ("resnet32", 64), ("resnet56", 64),
+                                      ("resnet34", 512)])
+def test_backbone_feature_size(name, dim):
+    model = build_backbone(name).eval()
+    with torch.no_grad():
+        out = model(torch.randn(2, 3, 32, 32))
+    assert out.shape == (2, dim)
+    assert model.feature_size == dim
+
+
+def test_parameter_counts_match_the_paper():
+    assert count(build_backbone("resnet32")) == pytest.approx(0.47e6, rel=0.02)  # appendix A.2
+    assert count(build_backbone("resnet34")) == pytest.approx(21.3e6, rel=0.01)
+    assert count(build_backbone("resnet8")) < count(build_backbone("resnet32")) < count(build_backbone("resnet56"))
+
+
+def test_conv4_layout():
+    convs = [m for m in build_backbone("conv4").modules() if isinstance(m, torch.nn.Conv2d)]
+    assert [c.out_channels for c in convs] == [8, 16, 32, 64]
+    assert all(c.kernel_size == (3, 3) and c.padding == (1, 1) for c in convs)
+
+
+def test_unknown_backbone():
+    with pytest.raises(ConfigError, match="unknown backbone 'vgg'"):
+        build_backbone("vgg")
+    assert "vgg" not in BACKBONES

@@ -1,0 +1,89 @@
+"""Vectorised pair construction against a plain loop written from Algorithm 1 / appendix D.3."""
+
+import pytest
+import torch
+
+from rrdist.config import PretrainConfig
+from rrdist.methods.relational import RelationalReasoning, aggregate, negative_partners, positive_pairs
+from rrdist.models.conv4 import Conv4
+
+
+def reference_pairs(z, M, K, shift, how="cat"):
+    """Plain loops over view pairs (i < j) and images n, as the paper's pseudo-code does.
+
+    `shift[b, n]` is the offset drawn for image n in view-pair block b: the negative of view i
+    of image n is view j of image (n + shift) mod M.
+    """
+    agg = {"cat": lambda a, b: torch.cat([a, b]), "sum": lambda a, b: a + b,
+           "mean": lambda a, b: (a + b) / 2, "max": lambda a, b: torch.maximum(a, b)}[how]
+    pos, neg, block = [], [], 0
+    for i in range(K):
+        for j in range(i + 1, K):
+            for n in range(M):
+                pos.append(agg(z[i * M + n], z[j * M + n]))
+                neg.append(agg(z[i * M + n], z[j * M + (n + int(shift[block, n])) % M]))
+            block += 1
+    return torch.stack(pos + neg), torch.tensor([1.0] * len(pos) + [0.0] * len(neg))
+
+
+@pytest.mark.parametrize("M,K", [(2, 2), (5, 3), (8, 4), (16, 7)])
+@pytest.mark.parametrize("how", ["cat", "sum", "mean", "max"])
+def test_pairs_equal_plain_loop(M, K, how):
+    torch.manual_seed(M * 100 + K)
+    z = torch.randn(K * M, 6)
+    left, right = positive_pairs(M, K)
+    g = torch.Generator().manual_seed(7)
+    neg_right = negative_partners(right, M, g)
+    # The same draws, read back as the per-block shifts the reference loop uses.
+    shift = torch.randint(1, M, right.shape, generator=torch.Generator().manual_seed(7)).view(-1, M)
+    got = aggregate(z, torch.cat([left, left]), torch.cat([right, neg_right]), how)
+    want, targets = reference_pairs(z, M, K, shift, how)
+    assert got.shape == want.shape
+    assert torch.equal(got, want)
+    assert len(targets) == M * (K * K - K)
+
+
+@pytest.mark.parametrize("M,K", [(2, 2), (64, 4), (64, 32), (3, 9)])
+def test_pair_counts_and_no_same_image_negatives(M, K):
+    left, right = positive_pairs(M, K)
+    neg_right = negative_partners(right, M, torch.Generator().manual_seed(0))
+    P = 2 * len(left)
+    assert P == M * (K * K - K)
+    assert len(left) == len(neg_right) == P // 2  # balanced: as many negatives as positives
+    # positives: same image, different views, each unordered view pair once
+    assert torch.equal(left % M, right % M)
+    assert bool((left // M < right // M).all())
+    assert len(set(zip((left // M).tolist(), (right // M).tolist(), (left % M).tolist()))) == P // 2
+    # negatives: same view j as the positive, never the same image
+    assert torch.equal(neg_right // M, right // M)
+    assert bool((neg_right % M != left % M).all())
+
+
+def test_negative_partners_are_uniform_over_other_images():
+    M, K = 5, 2
+    _, right = positive_pairs(M, K)
+    g = torch.Generator().manual_seed(1)
+    counts = torch.zeros(M, M)
+    for _ in range(4000):
+        partner = negative_partners(right, M, g) % M
+        counts[torch.arange(M), partner] += 1
+    assert counts.diagonal().sum() == 0
+    off = counts[~torch.eye(M, dtype=torch.bool)] / 4000
+    assert torch.allclose(off, torch.full_like(off, 1 / (M - 1)), atol=0.03)
+
+
+@pytest.mark.parametrize("how,width", [("cat", 128), ("sum", 64), ("mean", 64), ("max", 64)])
+def test_method_uses_every_aggregation(how, width):
+    cfg = PretrainConfig(K=3, batch_size=4, aggregation=how)
+    torch.manual_seed(0)
+    method = RelationalReasoning(cfg, Conv4())
+    assert method.head[0].in_features == width
+    views = torch.randn(3 * 4, 3, 32, 32)
+    logits, targets = method.relation_logits(method.backbone(views), 4, 3)
+    assert logits.shape == targets.shape == (4 * (9 - 3),)
+    assert targets.sum() == len(targets) / 2
+    loss, metrics = method(views, torch.zeros(4, dtype=torch.long))
+    assert torch.isfinite(loss)
+    assert 0.0 <= float(metrics["pair_acc"]) <= 1.0
+    loss.backward()
+    assert all(p.grad is not None for p in method.backbone.parameters())

@@ -1,0 +1,115 @@
+"""Real Ray Train fits with 2 CPU workers on the digits data: checkpoints, TensorBoard, resume, NaN."""
+
+import json
+import os
+
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from rrdist.config import PretrainConfig
+from rrdist.errors import ConfigError, TrainingError
+from rrdist.eval.linear import LinearSettings, evaluate_linear
+from rrdist.train.trainer import pretrain
+
+pytestmark = pytest.mark.usefixtures("ray_session")
+QUIET = dict(log=lambda *a: None)
+
+
+@pytest.fixture(scope="module")
+def run(digits_root, tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "digits-conv4-k3"
+    cfg = PretrainConfig(dataset="digits", root=str(digits_root), backbone="conv4", K=3, batch_size=32,
+                         epochs=2, workers=2, checkpoint_every=1, out=str(out))
+    result = pretrain(cfg, **QUIET)
+    return cfg, result
+
+
+def scalars(run_dir, tag):
+    steps = {}
+    for f in sorted((run_dir / "tb").iterdir()):
+        acc = EventAccumulator(str(f))
+        acc.Reload()
+        if tag in acc.Tags()["scalars"]:
+            steps.update({e.step: e.value for e in acc.Scalars(tag)})
+    return steps
+
+
+def epochs_logged(run_dir):
+    return [json.loads(line)["epoch"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_fit_writes_checkpoints_events_and_backbone(run):
+    cfg, result = run
+    run_dir = result.run_dir
+    assert not result.resumed
+    assert result.metrics["epoch"] == 2 and result.metrics["steps"] > 0
+    assert 0.0 <= result.metrics["pair_acc"] <= 1.0
+    # both workers' steps are counted: 1437 training images, 2 workers x 32, drop-last per rank
+    assert result.metrics["steps"] == 2 * (1437 // 2 // 32)
+    checkpoints = sorted(p.name for p in (run_dir / "train").glob("epoch_*"))
+    assert checkpoints == ["epoch_0001", "epoch_0002"]
+    state = torch.load(run_dir / "train" / "epoch_0002" / "state.pt", weights_only=True)
+    assert state["epoch"] == 2 and state["config"]["K"] == 3
+    assert {"method", "optimizer"} <= set(state)
+    assert any(k.startswith("backbone.") for k in state["method"]) and any(k.startswith("head.") for k in state["method"])
+    saved = torch.load(run_dir / "backbone.pt", weights_only=True)
+    assert saved["epoch"] == 2
+    assert PretrainConfig.from_yaml(run_dir / "config.yaml") == cfg
+    loss = scalars(run_dir, "pretrain/loss")
+    assert sorted(loss) == [1, 2] and all(v > 0 for v in loss.values())
+    assert sorted(scalars(run_dir, "pretrain/views_per_s")) == [1, 2]
+    assert epochs_logged(run_dir) == [1, 2]
+
+
+def test_rerun_resumes_from_the_last_checkpoint(run):
+    cfg, first = run
+    longer = PretrainConfig(**{**cfg.to_dict(), "epochs": 3})
+    result = pretrain(longer, **QUIET)
+    assert result.resumed and result.metrics["epoch"] == 3
+    assert epochs_logged(first.run_dir) == [1, 2, 3]  # epochs 1-2 were not run again
+    state = torch.load(first.run_dir / "train" / "epoch_0003" / "state.pt", weights_only=True)
+    assert state["epoch"] == 3
+    assert sorted(scalars(first.run_dir, "pretrain/loss")) == [1, 2, 3]
+
+
+def test_linear_evaluation_on_cached_features(run):
+    _, result = run
+    settings = LinearSettings(epochs=20)
+    first = evaluate_linear(result.run_dir, settings=settings, **QUIET)
+    assert not first["features_cached"]
+    cache = sorted(p.name for p in (result.run_dir / "features").iterdir())
+    assert len(cache) == 2
+    again = evaluate_linear(result.run_dir, settings=settings, **QUIET)
+    assert again["features_cached"]
+    assert again["test_accuracy"] == first["test_accuracy"]
+    assert sorted(p.name for p in (result.run_dir / "features").iterdir()) == cache
+    assert first["n_test"] == 360 and first["feature_dim"] == 64
+    assert first["test_accuracy"] > 0.15  # ten classes: clearly above chance (0.1)
+    saved = json.loads((result.run_dir / "eval" / "linear-trained-digits.json").read_text())
+    assert saved["test_accuracy"] == first["test_accuracy"] and saved["settings"]["epochs"] == 20
+    random = evaluate_linear(result.run_dir, init="random", settings=settings, **QUIET)
+    assert random["init"] == "random" and len(list((result.run_dir / "features").iterdir())) == 4
+    assert "eval/linear_trained_digits" in EventAccumulator(str(result.run_dir / "tb")).Reload().Tags()["scalars"] or \
+        any("eval/linear_trained_digits" in EventAccumulator(str(f)).Reload().Tags()["scalars"]
+            for f in (result.run_dir / "tb").iterdir())
+
+
+def test_nan_loss_stops_with_one_line_and_keeps_checkpoints(run, monkeypatch):
+    cfg, result = run
+    before = sorted(p.name for p in (result.run_dir / "train").glob("epoch_*"))
+    backbone = (result.run_dir / "backbone.pt").read_bytes()
+    monkeypatch.setenv("RRDIST_FAULT", "nan-loss")
+    with pytest.raises(TrainingError) as err:
+        pretrain(PretrainConfig(**{**cfg.to_dict(), "epochs": 5}), **QUIET)
+    message = str(err.value)
+    assert "NaN" in message and "--lr" in message and "\n" not in message
+    assert sorted(p.name for p in (result.run_dir / "train").glob("epoch_*")) == before
+    assert (result.run_dir / "backbone.pt").read_bytes() == backbone
+
+
+def test_run_folder_with_other_settings_is_refused(run):
+    cfg, result = run
+    with pytest.raises(ConfigError, match="new --out folder"):
+        pretrain(PretrainConfig(**{**cfg.to_dict(), "gamma": 0.0}), **QUIET)
+    assert os.path.exists(result.run_dir / "backbone.pt")
