@@ -144,3 +144,30 @@ def test_same_seed_same_views_bit_identical():
     assert torch.equal(a, b)
     assert not torch.equal(a, c)
     assert math.isfinite(float(a.abs().max()))
+
+
+def test_indexed_and_masked_colour_paths_agree():
+    aug = KViewAugment(32, (0.0,) * 3, (1.0,) * 3)
+    x = images(300, 16, seed=5)
+    p = aug.sample(300, 16, 16, view_generator(4, CPU), CPU)
+    a = aug.colour(x, p, indexed=True)
+    b = aug.colour(x, p, indexed=False)
+    assert torch.allclose(a, b, atol=1e-6)
+    assert not torch.allclose(a, x)  # something was applied
+
+
+def test_colour_pipeline_matches_torchvision_per_view():
+    """One view at a time through torchvision's functional ops, in the sampled order."""
+    aug = KViewAugment(32, (0.0,) * 3, (1.0,) * 3)
+    x = images(40, 8, seed=6)
+    p = aug.sample(40, 8, 8, view_generator(5, CPU), CPU)
+    got = aug.colour(x, p)
+    ops = [TF.adjust_brightness, TF.adjust_contrast, TF.adjust_saturation, TF.adjust_hue]
+    for i in range(40):
+        want = x[i]
+        if p.jitter[i]:
+            for o in p.order[i].tolist():
+                want = ops[o](want, float(p.factors[i, o]))
+        if p.gray[i]:
+            want = TF.rgb_to_grayscale(want, num_output_channels=3)
+        assert torch.allclose(got[i], want, atol=3e-5), i

@@ -62,21 +62,19 @@ def adjust_hue(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
     hue = is_r * (bc - gc) + is_g * (2.0 + rc - bc) + is_b * (4.0 + gc - rc)
     hue = torch.fmod(hue / 6.0 + 1.0, 1.0)
     hue = torch.remainder(hue + shift.view(-1, 1, 1), 1.0)
-    # HSV -> RGB: the six hue sectors pick which of (v, p, q, t) each channel gets.
+    # HSV -> RGB in closed form: channel c = v - v*s*clamp(min(k, 4 - k), 0, 1), k = (n_c + 6h) mod 6,
+    # with n = 5, 3, 1 for r, g, b (the six-sector table, without building it).
     h6 = hue * 6.0
-    sector = torch.floor(h6)
-    frac = h6 - sector
-    sector = sector.to(torch.int64) % 6
-    v = maxc
-    p = (v * (1.0 - sat)).clamp(0.0, 1.0)
-    q = (v * (1.0 - sat * frac)).clamp(0.0, 1.0)
-    t = (v * (1.0 - sat * (1.0 - frac))).clamp(0.0, 1.0)
-    table = torch.stack([  # rows: sector; columns: (r, g, b)
-        torch.stack([v, t, p]), torch.stack([q, v, p]), torch.stack([p, v, t]),
-        torch.stack([p, q, v]), torch.stack([t, p, v]), torch.stack([v, p, q]),
-    ])  # [6, 3, N, H, W]
-    index = sector.unsqueeze(0).unsqueeze(0).expand(1, 3, *sector.shape)
-    return table.gather(0, index).squeeze(0).permute(1, 0, 2, 3)
+    vs = maxc * sat
+    out = []
+    for n in (5.0, 3.0, 1.0):
+        k = torch.remainder(h6 + n, 6.0)
+        out.append(maxc - vs * torch.minimum(k, 4.0 - k).clamp_(0.0, 1.0))
+    return torch.stack(out, dim=1)
+
+
+OPERATIONS = (adjust_brightness, adjust_contrast, adjust_saturation, adjust_hue)
+IDENTITY = (1.0, 1.0, 1.0, 0.0)
 
 
 # --------------------------------------------------------------------------- parameters
@@ -172,17 +170,28 @@ class KViewAugment:
         theta[:, 1, 2] = (2 * p.top + p.height) / height - 1
         return F.affine_grid(theta, [theta.shape[0], 3, self.out_size, self.out_size], align_corners=False)
 
-    def colour(self, x: torch.Tensor, p: ViewParams) -> torch.Tensor:
-        """Colour jitter (random order per view) then random grayscale, on [n, 3, S, S] in [0, 1]."""
-        one = torch.ones_like(p.factors[:, 0])
+    def colour(self, x: torch.Tensor, p: ViewParams, indexed: bool | None = None) -> torch.Tensor:
+        """Colour jitter (random order per view) then random grayscale, on [n, 3, S, S] in [0, 1].
+
+        Each view runs one jitter operation per step. `indexed` (the default on CPU) applies each
+        operation only to the views that run it now; the masked form (the default on GPU, where
+        finding those views would wait for the device) runs all four on every view, the other
+        three with identity factors. Both give the same result.
+        """
+        indexed = (not x.is_cuda) if indexed is None else indexed
+        x = x.clone()
         for step in range(4):
             op = torch.where(p.jitter, p.order[:, step], torch.full_like(p.order[:, step], -1))
-            # Each view runs exactly one operation per step; the other three get identity factors.
-            x = adjust_brightness(x, torch.where(op == BRIGHTNESS, p.factors[:, 0], one))
-            x = adjust_contrast(x, torch.where(op == CONTRAST, p.factors[:, 1], one))
-            x = adjust_saturation(x, torch.where(op == SATURATION, p.factors[:, 2], one))
-            hue_now = op == HUE
-            x = torch.where(hue_now.view(-1, 1, 1, 1), adjust_hue(x, p.factors[:, 3]), x)
+            for which, fn in enumerate(OPERATIONS):
+                runs = op == which
+                if indexed:
+                    idx = runs.nonzero().squeeze(1)
+                    if idx.numel():
+                        x[idx] = fn(x[idx], p.factors[idx, which])
+                elif which == HUE:  # identity hue is not exact in floating point: select instead
+                    x = torch.where(runs.view(-1, 1, 1, 1), fn(x, p.factors[:, which]), x)
+                else:
+                    x = fn(x, torch.where(runs, p.factors[:, which], torch.full_like(p.factors[:, which], IDENTITY[which])))
         return torch.where(p.gray.view(-1, 1, 1, 1), grayscale(x).expand_as(x), x)
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:

@@ -58,6 +58,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     from rrdist.data.loader import image_loader
     from rrdist.methods import build_method
     from rrdist.train.checkpoint import load_state, save_backbone, save_state
+    from rrdist.train.logs import quiet_ray_logs
+
+    quiet_ray_logs()
 
     cfg = PretrainConfig.from_dict(loop_config["config"])
     run_dir = Path(loop_config["run_dir"])
@@ -90,7 +93,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     method.generator = generator
 
     writer = SummaryWriter(str(run_dir / "tb")) if rank == 0 else None
-    if rank == 0 and start_epoch > 0:
+    if rank == 0 and start_epoch >= cfg.epochs:
+        print(f"already complete: {start_epoch} of {cfg.epochs} epochs done")
+    elif rank == 0 and start_epoch > 0:
         print(f"resuming from epoch {start_epoch}")
     for epoch in range(start_epoch, cfg.epochs):
         generator.manual_seed(epoch_seed(cfg.seed, rank, epoch))

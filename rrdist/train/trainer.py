@@ -23,12 +23,13 @@ def init_ray(address: str | None = None) -> None:
 
     if ray.is_initialized():
         return
+    runtime_env = {"worker_process_setup_hook": "rrdist.train.logs.quiet_ray_logs"}
     if address:
-        ray.init(address=address, log_to_driver=True)
+        ray.init(address=address, runtime_env=runtime_env)
     elif os.environ.get("RAY_ADDRESS"):
-        ray.init()
+        ray.init(runtime_env=runtime_env)
     else:
-        ray.init(address="local", include_dashboard=False, log_to_driver=True)
+        ray.init(address="local", include_dashboard=False, runtime_env=runtime_env)
 
 
 def check_run_folder(cfg: PretrainConfig, run_dir: Path) -> bool:
@@ -101,5 +102,15 @@ def pretrain(cfg: PretrainConfig, address: str | None = None, log=print) -> Pret
         if message:
             raise TrainingError(message)
         raise result.error
-    metrics = dict(result.metrics or {})
-    return PretrainResult(run_dir, metrics, resumed)
+    return PretrainResult(run_dir, last_metrics(run_dir) or dict(result.metrics or {}), resumed)
+
+
+def last_metrics(run_dir: Path) -> dict[str, Any]:
+    """The last epoch's metrics as rank 0 logged them (also when a finished run is re-run)."""
+    import json
+
+    path = run_dir / "metrics.jsonl"
+    if not path.is_file():
+        return {}
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    return json.loads(lines[-1]) if lines else {}

@@ -1,0 +1,129 @@
+"""K-view batch production, side by side: rrdist against the paper's reference pipeline.
+
+rrdist:    FFCV decodes each image once (raw .beton), the K views are made batched on the device.
+reference: appendix D.1/D.2 - a Dataset whose __getitem__ applies the torchvision PIL transforms
+           K times to each image, read by a torch DataLoader with one worker process per core.
+
+Both read the same CIFAR-10 training images, M = 64 images per batch, on the same cores.
+Views/s are measured after a warm-up (FFCV's JIT and the DataLoader's worker start are
+reported apart). Run:
+
+    python bench/kview_throughput.py --root DATA [--K 4 32] [--batches 30]
+
+where DATA holds CIFAR-10 (`rrdist data prepare cifar10 --root DATA` is run if needed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+from datetime import date
+from pathlib import Path
+
+import numpy as np
+import torch
+import torchvision.transforms as T
+from PIL import Image
+
+from rrdist.data.augment import KViewAugment, view_generator
+from rrdist.data.beton import ensure_prepared, split_path
+from rrdist.data.datasets import get_spec
+from rrdist.data.loader import image_loader
+
+CIFAR_MEAN, CIFAR_STD = (0.491, 0.482, 0.447), (0.247, 0.243, 0.262)
+
+
+class ReferenceKViews(torch.utils.data.Dataset):
+    """The paper's MultiCIFAR10: K PIL augmentations of one image per __getitem__."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray, K: int) -> None:
+        self.images, self.labels, self.K = images, labels, K
+        jitter = T.ColorJitter(brightness=0.8, contrast=0.8, saturation=0.8, hue=0.2)
+        self.transform = T.Compose([
+            T.RandomResizedCrop(size=32, scale=(0.08, 1.0), interpolation=T.InterpolationMode.BILINEAR),
+            T.RandomHorizontalFlip(p=0.5), T.RandomApply([jitter], p=0.8), T.RandomGrayscale(p=0.2),
+            T.ToTensor(), T.Normalize(CIFAR_MEAN, CIFAR_STD)])
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int):
+        pic = Image.fromarray(self.images[index])
+        return [self.transform(pic.copy()) for _ in range(self.K)], int(self.labels[index])
+
+
+def time_batches(batches, n: int, views_per_batch) -> tuple[float, float]:
+    """(seconds to the first batch, steady views/s over the next n batches)."""
+    it = iter(batches)
+    start = time.perf_counter()
+    views_per_batch(next(it))
+    first = time.perf_counter() - start
+    start, views = time.perf_counter(), 0
+    for _ in range(n):
+        views += views_per_batch(next(it))
+    return first, views / (time.perf_counter() - start)
+
+
+def bench_rrdist(beton: Path, K: int, M: int, n: int, cores: int) -> tuple[float, float]:
+    torch.set_num_threads(cores)
+    augment = KViewAugment(32, CIFAR_MEAN, CIFAR_STD)
+    gen = view_generator(0, torch.device("cpu"))
+
+    def epochs():
+        loader = image_loader(beton, M, train=True, num_workers=cores, seed=0)
+        torch.set_num_threads(cores)
+        while True:
+            for images, _ in loader:
+                yield augment(images, K, gen)
+
+    return time_batches(epochs(), n, lambda v: v.shape[0])
+
+
+def bench_reference(images: np.ndarray, labels: np.ndarray, K: int, M: int, n: int, cores: int):
+    torch.set_num_threads(1)
+    loader = torch.utils.data.DataLoader(ReferenceKViews(images, labels, K), batch_size=M, shuffle=True,
+                                         num_workers=cores, persistent_workers=True, prefetch_factor=4)
+
+    def batches():
+        while True:
+            for views, _ in loader:
+                yield torch.cat(views, 0)  # the reference training step's first line
+
+    return time_batches(batches(), n, lambda v: v.shape[0])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--root", required=True)
+    parser.add_argument("--K", type=int, nargs="+", default=[4, 32])
+    parser.add_argument("--M", type=int, default=64)
+    parser.add_argument("--batches", type=int, default=30)
+    parser.add_argument("--cores", type=int, default=os.cpu_count())
+    parser.add_argument("--json", default=None, help="also write the figures here")
+    args = parser.parse_args()
+
+    manifest = ensure_prepared("cifar10", args.root)
+    beton = split_path(manifest, "train")
+    train = get_spec("cifar10").reader(Path(args.root).resolve(), False, 32)["train"]
+    rows = []
+    for K in args.K:
+        r_first, r_rate = bench_rrdist(beton, K, args.M, args.batches, args.cores)
+        p_first, p_rate = bench_reference(train.images, train.labels, K, args.M, args.batches, args.cores)
+        rows.append({"K": K, "M": args.M, "rrdist_views_per_s": round(r_rate), "reference_views_per_s": round(p_rate),
+                     "ratio": round(r_rate / p_rate, 2), "rrdist_first_batch_s": round(r_first, 2),
+                     "reference_first_batch_s": round(p_first, 2)})
+        print(f"K={K:3d} M={args.M}: rrdist {r_rate:10.0f} views/s | reference {p_rate:9.0f} views/s | "
+              f"x{r_rate / p_rate:.1f}   (first batch: rrdist {r_first:.1f} s incl. FFCV JIT, "
+              f"reference {p_first:.1f} s)")
+    record = {"benchmark": "kview_throughput", "date": str(date.today()), "machine": platform.processor() or
+              platform.machine(), "cores": args.cores, "torch": torch.__version__, "batches": args.batches,
+              "device": "cpu", "rows": rows}
+    if args.json:
+        Path(args.json).write_text(json.dumps(record, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

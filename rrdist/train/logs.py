@@ -1,0 +1,17 @@
+"""Keep Ray's per-report INFO lines out of the user's terminal: rrdist prints its own epoch lines."""
+
+import logging
+
+
+def quiet_ray_logs() -> None:
+    """Runs in every Ray worker process (a worker_process_setup_hook) and at the loop's start."""
+    names = ["ray.train.v2._internal.execution.storage", "ray.train.v2.torch.train_loop_utils",
+             "ray.train.v2._internal.execution.controller.placement_group_cleaner"]
+    try:
+        from ray.train.v2._internal.execution import context
+
+        names.append(context.__file__)  # that module names its logger by file path
+    except ImportError:
+        pass
+    for name in names:
+        logging.getLogger(name).setLevel(logging.WARNING)
