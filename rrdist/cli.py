@@ -26,10 +26,23 @@ def _data(args: argparse.Namespace) -> int:
     return 0
 
 
-PRETRAIN_FLAGS = {  # flag -> config field (None: same name with '-' for '_')
-    "method": str, "dataset": str, "root": str, "backbone": str, "K": int, "gamma": float,
-    "aggregation": str, "batch_size": int, "lr": float, "epochs": int, "seed": int, "workers": int,
-    "cpus_per_worker": int, "loader_workers": int, "checkpoint_every": int, "out": str,
+PRETRAIN_FLAGS = {  # config field -> (type, help); the flag is --field-with-dashes (--K for K)
+    "method": (str, "self-supervised method"),
+    "dataset": (str, "dataset name (rrdist data list)"),
+    "root": (str, "data folder; .beton files live in ROOT/ffcv/"),
+    "backbone": (str, "conv4, resnet8, resnet32, resnet56 or resnet34"),
+    "K": (int, "augmented views per image"),
+    "gamma": (float, "focal factor of the loss; 0 is plain BCE"),
+    "aggregation": (str, "cat, sum, mean or max"),
+    "batch_size": (int, "images per worker mini-batch (M)"),
+    "lr": (float, "Adam learning rate"),
+    "epochs": (int, "total epochs (may grow when resuming)"),
+    "seed": (int, "seed of weights, data order and views"),
+    "workers": (int, "Ray Train workers (data parallel)"),
+    "cpus_per_worker": (int, "CPUs reserved per worker (and torch threads)"),
+    "loader_workers": (int, "FFCV decoding threads per worker"),
+    "checkpoint_every": (int, "epochs between checkpoints (the last epoch always gets one)"),
+    "out": (str, "run folder"),
 }
 
 
@@ -73,6 +86,8 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from rrdist.config import PretrainConfig
+
     parser = argparse.ArgumentParser(prog="rrdist", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -89,9 +104,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     pre = sub.add_parser("pretrain", help="self-supervised pretraining on Ray Train")
     pre.add_argument("--config", help="YAML file of settings; flags override it")
-    for name, kind in PRETRAIN_FLAGS.items():
+    defaults = PretrainConfig().to_dict()
+    for name, (kind, text) in PRETRAIN_FLAGS.items():
         flag = "--K" if name == "K" else "--" + name.replace("_", "-")
-        pre.add_argument(flag, dest=name, type=kind, default=None)
+        pre.add_argument(flag, dest=name, type=kind, default=None, metavar=name.upper(),
+                         help=f"{text} (default: {defaults[name]})")
     pre.add_argument("--use-gpu", action="store_true", help="one GPU per worker, NCCL")
     pre.add_argument("--address", default=None, help="Ray cluster to join (default: a private local Ray)")
     pre.set_defaults(func=_pretrain)

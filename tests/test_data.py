@@ -144,3 +144,13 @@ def test_missing_root(tmp_path):
         prepare("cifar10", tmp_path, **QUIET)
     with pytest.raises(DataError, match="no prepared"):
         load_manifest("cifar10", tmp_path)
+
+
+def test_kept_batches_stay_intact(digits_root):
+    """FFCV reuses its buffers; labels kept across batches must still be the split's labels."""
+    from rrdist.data.datasets import read_digits
+
+    manifest = load_manifest("digits", digits_root)
+    loader = image_loader(split_path(manifest, "test"), 64, train=False, drop_last=False)
+    kept = [y for _, y in loader]  # no clone: the loader's labels must already be safe to keep
+    assert np.array_equal(torch.cat(kept).numpy(), read_digits(None, False, None)["test"].labels)

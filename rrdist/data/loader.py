@@ -44,7 +44,9 @@ def image_loader(path: str | Path, batch_size: int, *, train: bool, num_workers:
 class Batches:
     """An FFCV Loader yielding (uint8 images [B, H, W, 3], int64 labels [B]).
 
-    FFCV's Squeeze would turn a last batch of one label into a 0-d tensor; flattening does not.
+    FFCV reuses its output buffers: an image batch is valid until the next one is drawn, so use
+    it at once (or clone it). Labels are copied, since callers keep them. FFCV's Squeeze would
+    turn a last batch of one label into a 0-d tensor; flattening does not.
     """
 
     def __init__(self, loader) -> None:
@@ -63,4 +65,4 @@ class Batches:
 
     def __iter__(self):
         for images, labels in self.loader:
-            yield images, labels.view(-1)
+            yield images, labels.reshape(-1).clone()

@@ -13,6 +13,8 @@ from rrdist import atomic
 from rrdist.config import PretrainConfig
 from rrdist.errors import DataError
 
+CACHE_FORMAT = 2  # bump when extraction changes, so older caches are recomputed
+
 
 def load_backbone(run_dir: Path, init: str) -> tuple[torch.nn.Module, PretrainConfig, str]:
     """The run's trained backbone, or (init='random') its initial weights: the lower bound.
@@ -65,7 +67,8 @@ def cached_features(run_dir: Path, backbone: torch.nn.Module, fingerprint: str, 
     from rrdist.data.beton import split_path
 
     beton = split_path(manifest, split)
-    key = json.dumps({"weights": fingerprint, "data": manifest["splits"][split]["sha256"]}, sort_keys=True)
+    key = json.dumps({"format": CACHE_FORMAT, "weights": fingerprint, "data": manifest["splits"][split]["sha256"]},
+                     sort_keys=True)
     digest = hashlib.sha256(key.encode()).hexdigest()[:16]
     path = run_dir / "features" / f"{manifest['dataset']}-{split}-{digest}.pt"
     if path.is_file():
