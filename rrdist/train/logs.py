@@ -5,8 +5,9 @@ import logging
 
 def quiet_ray_logs() -> None:
     """Runs in every Ray worker process (a worker_process_setup_hook) and at the loop's start."""
-    names = ["ray.train.v2._internal.execution.storage", "ray.train.v2.torch.train_loop_utils",
-             "ray.train.v2._internal.execution.controller.placement_group_cleaner"]
+    names = ["ray.train.v2._internal.execution.storage", "ray.train.v2.torch.train_loop_utils"]
+    # Warns every few seconds when no dashboard runs to answer its state queries; harmless.
+    logging.getLogger("ray.train.v2._internal.execution.controller.placement_group_cleaner").setLevel(logging.ERROR)
     try:
         from ray.train.v2._internal.execution import context
 
