@@ -1,4 +1,4 @@
-"""The `rrdist` command: data, pretrain, evaluate, demo."""
+"""The `rrdist` command: data, pretrain, evaluate, sweep, report, demo."""
 
 from __future__ import annotations
 
@@ -78,6 +78,20 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _sweep(args: argparse.Namespace) -> int:
+    from rrdist.tune.driver import run_sweep
+
+    run_sweep(args.space, root=args.root, out=args.out, address=args.address, resume=args.resume)
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from rrdist.tune.report import write_report
+
+    print(write_report(args.sweep), end="")
+    return 0
+
+
 def _demo(args: argparse.Namespace) -> int:
     from rrdist.demo import run_demo
 
@@ -126,6 +140,19 @@ def build_parser() -> argparse.ArgumentParser:
     lin.add_argument("--seed", type=int, default=0)
     lin.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     ev.set_defaults(func=_evaluate)
+
+    sw = sub.add_parser("sweep", help="a Ray Tune sweep over a search space (tune_spaces/*.yaml)")
+    sw.add_argument("space", help="the search-space YAML file")
+    sw.add_argument("--root", default="data", help="data folder for every trial")
+    sw.add_argument("--out", default="runs/sweeps", help="sweeps go to OUT/<name>/")
+    sw.add_argument("--address", default=None, help="Ray cluster to join (default: a private local Ray)")
+    sw.add_argument("--resume", action="store_true",
+                    help="continue an interrupted sweep (running the same command again does it too)")
+    sw.set_defaults(func=_sweep)
+
+    rep = sub.add_parser("report", help="the results table of a sweep, from what is on disk")
+    rep.add_argument("sweep", help="the sweep folder, e.g. runs/sweeps/demo")
+    rep.set_defaults(func=_report)
 
     demo = sub.add_parser("demo", help="pretrain on the embedded digits data, evaluate, print a table")
     demo.add_argument("--out", default="runs/demo")

@@ -32,13 +32,14 @@ class PretrainConfig:
     # where and how to run it
     workers: int = 1
     use_gpu: bool = False
+    gpus_per_worker: float = 1.0  # fractions share a GPU between trials of a sweep
     cpus_per_worker: int = 1
     loader_workers: int = 1
     checkpoint_every: int = 10
     out: str = "runs/run"
 
     # Fields that may change when a run is resumed: they do not change what is learned.
-    RESUMABLE = ("epochs", "checkpoint_every", "loader_workers", "cpus_per_worker", "root", "out")
+    RESUMABLE = ("epochs", "checkpoint_every", "loader_workers", "cpus_per_worker", "gpus_per_worker", "root", "out")
 
     def validate(self) -> "PretrainConfig":
         from rrdist.data.datasets import DATASETS
@@ -61,6 +62,7 @@ class PretrainConfig:
         need(self.epochs >= 1, f"epochs must be at least 1 (got {self.epochs}): pass --epochs 1 or more")
         need(self.workers >= 1, f"workers must be at least 1 (got {self.workers}): pass --workers 1 or more")
         need(self.cpus_per_worker >= 1, f"cpus per worker must be at least 1 (got {self.cpus_per_worker})")
+        need(0 < self.gpus_per_worker <= 8, f"gpus per worker must be in (0, 8] (got {self.gpus_per_worker})")
         need(self.loader_workers >= 1, f"loader workers must be at least 1 (got {self.loader_workers})")
         need(self.checkpoint_every >= 1, f"checkpoint interval must be at least 1 epoch (got {self.checkpoint_every})")
         return self

@@ -56,7 +56,8 @@ class PretrainResult:
     resumed: bool
 
 
-def pretrain(cfg: PretrainConfig, address: str | None = None, log=print) -> PretrainResult:
+def pretrain(cfg: PretrainConfig, address: str | None = None, log=print, callbacks: list | None = None) -> PretrainResult:
+    """Fit one pretraining run; `callbacks` are Ray Train callbacks (a Tune trial passes TuneReportCallback)."""
     from rrdist.data.beton import ensure_prepared, split_path
 
     cfg.validate()
@@ -82,12 +83,14 @@ def pretrain(cfg: PretrainConfig, address: str | None = None, log=print) -> Pret
         train_loop_per_worker,
         train_loop_config=loop_config,
         torch_config=TorchConfig(backend="nccl" if cfg.use_gpu else "gloo"),
-        scaling_config=ScalingConfig(num_workers=cfg.workers, use_gpu=cfg.use_gpu,
-                                     resources_per_worker={"CPU": cfg.cpus_per_worker}),
+        scaling_config=ScalingConfig(
+            num_workers=cfg.workers, use_gpu=cfg.use_gpu,
+            resources_per_worker={"CPU": cfg.cpus_per_worker, **({"GPU": cfg.gpus_per_worker} if cfg.use_gpu else {})}),
         run_config=RunConfig(
             name="train", storage_path=str(run_dir),
             checkpoint_config=CheckpointConfig(num_to_keep=2),
-            failure_config=FailureConfig(max_failures=0)),
+            failure_config=FailureConfig(max_failures=0),
+            callbacks=callbacks or []),
     )
     log(f"pretraining {cfg.method}/{cfg.backbone} on {cfg.dataset}, K={cfg.K}, {cfg.workers} worker(s) -> {run_dir}")
     try:

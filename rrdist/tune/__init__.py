@@ -1,0 +1,1 @@
+"""Ray Tune sweeps: YAML search spaces, trials (pretraining + evaluations), the results table."""

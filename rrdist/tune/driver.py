@@ -1,0 +1,124 @@
+"""Run a sweep: one Tune trial per point and seed; resume it; write its results table."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from rrdist import atomic
+from rrdist.errors import ConfigError
+from rrdist.tune.space import SweepSpec, has_random_axes, load, param_space
+from rrdist.tune.trial import SweepContext, read_record, run_trial, trial_name, write_record
+
+
+def _summary_callback():
+    from ray import tune
+
+    class TrialSummary(tune.Callback):
+        """One line per finished trial, beside Tune's live table."""
+
+        def on_trial_complete(self, iteration, trials, trial, **info):
+            r = trial.last_result or {}
+            scores = ", ".join(f"{k[:-4]} {100 * v:.2f}%" for k, v in r.items()
+                               if k.endswith("_acc") and isinstance(v, float) and k != "pair_acc")
+            again = " (done before; not re-run)" if r.get("reused") else ""
+            print(f"[rrdist] trial {trial.trial_id} {trial.config} finished: loss {r.get('loss', float('nan')):.4f}"
+                  f"{', ' + scores if scores else ''}{again}", flush=True)
+
+        def on_trial_error(self, iteration, trials, trial, **info):
+            print(f"[rrdist] trial {trial.trial_id} {trial.config} failed; see results.md", flush=True)
+
+    return TrialSummary()
+
+
+def _scheduler(spec: SweepSpec):
+    if not spec.scheduler:
+        return None
+    from ray.tune.schedulers import ASHAScheduler
+
+    s = spec.scheduler
+    return ASHAScheduler(time_attr="epoch", metric=s["metric"], mode=s["mode"],
+                         max_t=int(spec.fixed.get("epochs", 200)), grace_period=s["grace_period"],
+                         reduction_factor=s["reduction_factor"])
+
+
+def _datasets(spec: SweepSpec) -> list[str]:
+    if "dataset" in spec.axes:
+        (_, values), = spec.axes["dataset"].items()
+        return list(values)
+    return [spec.fixed.get("dataset", "cifar10")]
+
+
+def _record_unfinished(sweep_dir: Path, spec: SweepSpec, results) -> None:
+    """Trials Tune stopped (ASHA) or lost before they could write their own record."""
+    for result in results:
+        params = result.config or {}
+        if "seed" not in params:
+            continue
+        axes = {name: params[name] for name in spec.axes}
+        metrics = result.metrics or {}
+        name = trial_name(axes, int(params["seed"]), metrics.get("trial_id") if has_random_axes(spec) else None)
+        run_dir = sweep_dir / "trials" / name
+        if read_record(run_dir) is not None:
+            continue
+        record: dict[str, Any] = {"trial": name, "trial_id": metrics.get("trial_id"), "axes": axes,
+                                  "seed": int(params["seed"]),
+                                  "config": spec.trial_config(axes, int(params["seed"]), "", str(run_dir)).to_dict()}
+        if result.error is not None:
+            text = str(result.error).strip().splitlines()
+            record.update(status="failed", error=text[-1] if text else type(result.error).__name__)
+        else:
+            record.update(status="stopped", epoch=metrics.get("epoch"),
+                          metrics={k: metrics.get(k) for k in ("epoch", "loss", "pair_acc")})
+        write_record(run_dir, record)
+
+
+def run_sweep(space: str | Path, root: str, out: str | Path = "runs/sweeps", address: str | None = None,
+              resume: bool = False, log=print) -> Path:
+    from rrdist.data.beton import ensure_prepared
+    from rrdist.train.trainer import init_ray
+    from rrdist.tune.report import write_report
+
+    spec = load(space)
+    sweep_dir = Path(out).expanduser().resolve() / spec.name
+    root = str(Path(root).expanduser().resolve())
+    saved = sweep_dir / "sweep.yaml"
+    sweep = {"spec": spec.to_dict(), "root": root}
+    if saved.is_file():
+        before = yaml.safe_load(saved.read_text())
+        if before.get("spec") != sweep["spec"]:
+            raise ConfigError(f"{sweep_dir} holds a sweep of another space: use the same space to resume it, "
+                              f"or set another 'name' (or --out)")
+    elif resume:
+        raise ConfigError(f"nothing to resume in {sweep_dir}: run the sweep without --resume first")
+    for dataset in _datasets(spec):  # once, here, rather than racing in concurrent trials
+        ensure_prepared(dataset, root, log=log)
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    atomic.write_text(saved, yaml.safe_dump(sweep, sort_keys=False))
+
+    init_ray(address)
+    from ray import tune
+
+    trainable = tune.with_resources(
+        tune.with_parameters(run_trial, context=SweepContext(spec.to_dict(), str(sweep_dir), root)),
+        {"cpu": 0.01})  # a trial's driver mostly waits on its Train workers, which hold the resources
+    if tune.Tuner.can_restore(str(sweep_dir)):
+        log(f"resuming the sweep in {sweep_dir}: finished trials are kept, interrupted ones continue")
+        tuner = tune.Tuner.restore(str(sweep_dir), trainable=trainable, resume_unfinished=True, resume_errored=True)
+    else:
+        log(f"sweep {spec.name}: {spec.trial_count()} trials -> {sweep_dir}")
+        tuner = tune.Tuner(
+            trainable, param_space=param_space(spec),
+            tune_config=tune.TuneConfig(num_samples=spec.samples, max_concurrent_trials=spec.concurrency or None,
+                                        scheduler=_scheduler(spec)),
+            run_config=tune.RunConfig(name=spec.name, storage_path=str(sweep_dir.parent),
+                                      callbacks=[_summary_callback()],
+                                      failure_config=tune.FailureConfig(max_failures=0)))
+    results = tuner.fit()
+    _record_unfinished(sweep_dir, spec, results)
+    log(write_report(sweep_dir))
+    log(f"results: {sweep_dir / 'results.md'}, {sweep_dir / 'results.csv'}; "
+        f"curves and HParams: tensorboard --logdir {sweep_dir}")
+    return sweep_dir

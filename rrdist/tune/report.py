@@ -1,0 +1,161 @@
+"""The sweep's results table, from what is on disk: one row per point, mean ± std over seeds.
+
+Writes `results.md`, `results.csv` (one row per point), `trials.csv` (one row per trial) and
+TensorBoard HParams (`hparams/`), beside the paper's number wherever the paper reports one.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from rrdist import atomic
+from rrdist.errors import DataError
+from rrdist.tune.paper import paper_accuracy
+from rrdist.tune.trial import RECORD
+
+
+def load_sweep(sweep_dir: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    spec_file = sweep_dir / "sweep.yaml"
+    if not spec_file.is_file():
+        raise DataError(f"{sweep_dir} is not a sweep folder (no sweep.yaml): pass the folder `rrdist sweep` wrote")
+    sweep = yaml.safe_load(spec_file.read_text())
+    trials = []
+    for path in sorted((sweep_dir / "trials").glob(f"*/{RECORD}")):
+        try:
+            trials.append(json.loads(path.read_text()))
+        except (OSError, json.JSONDecodeError):
+            continue
+    return sweep, trials
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    arr = np.asarray(values, dtype=float)
+    return float(arr.mean()), float(arr.std(ddof=1)) if len(arr) > 1 else 0.0
+
+
+def _paper(evaluation: str, config: dict[str, Any]) -> tuple[float, float, str] | None:
+    method = "random" if evaluation == "linear_random" else config["method"]
+    return paper_accuracy(method, config["backbone"], config["dataset"], config["dataset"], K=config["K"],
+                          epochs=config["epochs"], gamma=config["gamma"], aggregation=config["aggregation"])
+
+
+def summarize(sweep: dict[str, Any], trials: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    axes = list(sweep["spec"]["axes"])
+    evaluations = list(sweep["spec"]["evaluations"])
+    groups: dict[tuple, list[dict[str, Any]]] = {}
+    for t in trials:
+        groups.setdefault(tuple(json.dumps(t["axes"].get(a)) for a in axes), []).append(t)
+    rows = []
+    for key, members in sorted(groups.items()):
+        done = [t for t in members if t["status"] == "completed"]
+        row: dict[str, Any] = {a: members[0]["axes"].get(a) for a in axes}
+        row["seeds_done"] = len(done)
+        row["stopped"] = [f"seed {t['seed']} at epoch {t.get('epoch', '?')}" for t in members if t["status"] == "stopped"]
+        row["failed"] = [t for t in members if t["status"] == "failed"]
+        for evaluation in evaluations:
+            values = [t["metrics"][f"{evaluation}_acc"] for t in done if t["metrics"].get(f"{evaluation}_acc") is not None]
+            row[evaluation] = _mean_std([100 * v for v in values]) if values else None
+            row[f"{evaluation}_paper"] = _paper(evaluation, members[0]["config"])
+        losses = [t["metrics"]["loss"] for t in done if t["metrics"].get("loss") is not None]
+        row["loss"] = _mean_std(losses) if losses else None
+        rows.append(row)
+    return rows
+
+
+def _cell(value: tuple[float, float] | None) -> str:
+    return "—" if value is None else f"{value[0]:.2f} ± {value[1]:.2f}"
+
+
+def render(sweep: dict[str, Any], rows: list[dict[str, Any]], trials: list[dict[str, Any]]) -> str:
+    spec = sweep["spec"]
+    axes, evaluations = list(spec["axes"]), list(spec["evaluations"])
+    fixed = ", ".join(f"{k}={v}" for k, v in spec["fixed"].items())
+    head = axes + [h for e in evaluations for h in (f"{e} acc % (mean ± std)", "paper")] + ["seeds", "loss", "status"]
+    lines = [f"# Sweep {spec['name']}", "",
+             f"Fixed: {fixed or '(none)'}; seeds {spec['seeds']}; data root {sweep['root']}.",
+             "Accuracy in %, mean ± sample std over seeds; 'paper' is the paper's mean ± std (and table).", "",
+             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for row in rows:
+        cells = [str(row[a]) for a in axes]
+        for e in evaluations:
+            paper = row[f"{e}_paper"]
+            cells += [_cell(row[e]), "—" if paper is None else f"{paper[0]:.2f} ± {paper[1]:.2f} ({paper[2]})"]
+        status = []
+        if row["stopped"]:
+            status.append("stopped early (ASHA): " + "; ".join(row["stopped"]))
+        if row["failed"]:
+            status.append(f"{len(row['failed'])} failed")
+        cells += [str(row["seeds_done"]), _cell(row["loss"]) if row["loss"] else "—", ", ".join(status) or "done"]
+        lines.append("| " + " | ".join(cells) + " |")
+    scored = [r for r in rows if evaluations and r.get(evaluations[0]) is not None]
+    if scored:
+        best = max(scored, key=lambda r: r[evaluations[0]][0])
+        setting = ", ".join(f"{a}={best[a]}" for a in axes) or "the only point"
+        lines += ["", f"**Best** ({evaluations[0]}): {setting}: {_cell(best[evaluations[0]])}%"]
+    failed = [t for t in trials if t["status"] == "failed"]
+    if failed:
+        lines += ["", "## Failed trials", ""] + [f"- `{t['trial']}`: {t.get('error', 'unknown error')}" for t in failed]
+    return "\n".join(lines) + "\n"
+
+
+def _csv(rows: list[dict[str, Any]], columns: list[str]) -> str:
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=columns, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    return out.getvalue()
+
+
+def write_hparams(sweep_dir: Path, axes: list[str], trials: list[dict[str, Any]]) -> None:
+    """TensorBoard HParams: one run per completed trial, its axes and seed against its metrics."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    tmp = Path(tempfile.mkdtemp(prefix=".hparams-", dir=sweep_dir))
+    for t in trials:
+        if t["status"] != "completed":
+            continue
+        hparams = {**{a: t["axes"][a] for a in axes}, "seed": t["seed"]}
+        metrics = {f"hparam/{k}": float(v) for k, v in t["metrics"].items() if isinstance(v, (int, float))}
+        with SummaryWriter(str(tmp)) as writer:
+            writer.add_hparams(hparams, metrics, run_name=t["trial"])
+    target = sweep_dir / "hparams"
+    if target.exists():
+        shutil.rmtree(target)
+    tmp.rename(target)
+
+
+def write_report(sweep_dir: str | Path) -> str:
+    sweep_dir = Path(sweep_dir).expanduser().resolve()
+    sweep, trials = load_sweep(sweep_dir)
+    rows = summarize(sweep, trials)
+    text = render(sweep, rows, trials)
+    atomic.write_text(sweep_dir / "results.md", text)
+    axes, evaluations = list(sweep["spec"]["axes"]), list(sweep["spec"]["evaluations"])
+    flat = []
+    for row in rows:
+        item = {a: row[a] for a in axes}
+        for e in evaluations:
+            mean_std, paper = row[e], row[f"{e}_paper"]
+            item.update({f"{e}_mean": None if mean_std is None else round(mean_std[0], 3),
+                         f"{e}_std": None if mean_std is None else round(mean_std[1], 3),
+                         f"{e}_paper_mean": paper[0] if paper else None, f"{e}_paper_std": paper[1] if paper else None,
+                         f"{e}_paper_table": paper[2] if paper else None})
+        item.update({"seeds_done": row["seeds_done"], "stopped": len(row["stopped"]), "failed": len(row["failed"])})
+        flat.append(item)
+    columns = axes + [f"{e}_{s}" for e in evaluations for s in ("mean", "std", "paper_mean", "paper_std", "paper_table")]
+    atomic.write_text(sweep_dir / "results.csv", _csv(flat, columns + ["seeds_done", "stopped", "failed"]))
+    per_trial = [{"trial": t["trial"], **t["axes"], "seed": t["seed"], "status": t["status"],
+                  **{k: v for k, v in (t.get("metrics") or {}).items()}, "error": t.get("error", "")} for t in trials]
+    metric_cols = sorted({k for t in trials for k in (t.get("metrics") or {})})
+    atomic.write_text(sweep_dir / "trials.csv", _csv(per_trial, ["trial", *axes, "seed", "status", *metric_cols, "error"]))
+    write_hparams(sweep_dir, axes, trials)
+    return text

@@ -1,0 +1,222 @@
+"""Search spaces: YAML files of fixed settings, swept axes, seeds, resources and evaluations.
+
+```yaml
+name: k_gamma                  # the sweep's folder name (default: the file's name)
+fixed: {dataset: cifar10, backbone: conv4, epochs: 200}   # settings shared by every trial
+axes:                          # swept settings: grid / choice / uniform / loguniform
+  K: {grid: [2, 4, 8, 16, 32]}
+  gamma: {grid: [0, 1, 2, 3]}
+seeds: 3                       # every point runs with seeds 0..2 (or a list of seeds)
+samples: 1                     # draws of the random axes (choice / uniform / loguniform)
+trial: {workers: 1, cpus_per_worker: 1, gpus_per_worker: 0}   # per trial; fractional GPUs share one
+concurrency: 2                 # trials at once (0: as many as the cluster fits)
+scheduler: fifo                # or {asha: {metric: loss, mode: min, grace_period: 5, reduction_factor: 2}}
+evaluations: {linear: {epochs: 100}, linear_random: {epochs: 100}}
+```
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from rrdist.config import PretrainConfig
+from rrdist.errors import ConfigError
+
+TOP_KEYS = ("name", "fixed", "axes", "seeds", "samples", "trial", "concurrency", "scheduler", "evaluations")
+AXIS_KINDS = ("grid", "choice", "uniform", "loguniform")
+TRIAL_KEYS = {"workers": int, "cpus_per_worker": int, "gpus_per_worker": float, "loader_workers": int}
+# Set by the sweep itself, not by a space: where trials live and what resources they get.
+NOT_SWEEPABLE = ("out", "root", "seed", "workers", "cpus_per_worker", "gpus_per_worker", "use_gpu", "loader_workers")
+EVALUATIONS = {"linear": "trained", "linear_random": "random"}  # name -> backbone weights evaluated
+EVAL_KEYS = {"epochs": int, "batch_size": int, "lr": float}
+ASHA_KEYS = {"metric": str, "mode": str, "grace_period": int, "reduction_factor": float}
+
+
+@dataclass
+class SweepSpec:
+    name: str
+    fixed: dict[str, Any]
+    axes: dict[str, dict[str, list]]
+    seeds: list[int]
+    samples: int = 1
+    trial: dict[str, Any] = field(default_factory=lambda: {"workers": 1, "cpus_per_worker": 1, "gpus_per_worker": 0.0})
+    concurrency: int = 0
+    scheduler: dict[str, Any] | None = None  # None: FIFO; else ASHA settings
+    evaluations: dict[str, dict[str, Any]] = field(default_factory=lambda: {"linear": {}})
+    source: str = "space"
+
+    @property
+    def axis_names(self) -> list[str]:
+        return list(self.axes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "fixed": self.fixed, "axes": self.axes, "seeds": self.seeds,
+                "samples": self.samples, "trial": self.trial, "concurrency": self.concurrency,
+                "scheduler": {"asha": self.scheduler} if self.scheduler else "fifo",
+                "evaluations": self.evaluations}
+
+    def trial_config(self, values: dict[str, Any], seed: int, root: str, out: str) -> PretrainConfig:
+        gpus = float(self.trial.get("gpus_per_worker", 0) or 0)
+        data = {**self.fixed, **values, "seed": seed, "root": root, "out": out,
+                "workers": self.trial.get("workers", 1), "cpus_per_worker": self.trial.get("cpus_per_worker", 1),
+                "use_gpu": gpus > 0, "gpus_per_worker": gpus if gpus > 0 else 1.0}
+        if "loader_workers" in self.trial:
+            data["loader_workers"] = self.trial["loader_workers"]
+        return PretrainConfig.from_dict(data, source=self.source)
+
+    def grid_points(self) -> list[dict[str, Any]]:
+        """Every combination of the grid axes (random axes take their first value), for checks."""
+        names = list(self.axes)
+        values = []
+        for name in names:
+            (kind, vals), = self.axes[name].items()
+            values.append(vals if kind in ("grid", "choice") else [vals[0]])
+        return [dict(zip(names, combo)) for combo in itertools.product(*values)]
+
+    def trial_count(self) -> int:
+        grid = math.prod(len(v["grid"]) for v in self.axes.values() if "grid" in v)
+        return grid * len(self.seeds) * self.samples
+
+
+def _fail(source: str, key: str, why: str) -> None:
+    raise ConfigError(f"{source}: '{key}' {why}")
+
+
+def parse(data: Any, source: str = "space", default_name: str = "sweep") -> SweepSpec:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: a search space must be a mapping of {', '.join(TOP_KEYS)}")
+    for key in data:
+        if key not in TOP_KEYS:
+            _fail(source, key, f"is not a search-space key: use {', '.join(TOP_KEYS)}")
+    config_keys = [f.name for f in fields(PretrainConfig)]
+
+    fixed = data.get("fixed") or {}
+    if not isinstance(fixed, dict):
+        _fail(source, "fixed", "must be a mapping of settings")
+    for key in fixed:
+        if key not in config_keys:
+            _fail(source, f"fixed.{key}", f"is not a setting: use {', '.join(config_keys)}")
+        if key in NOT_SWEEPABLE:
+            _fail(source, f"fixed.{key}", "is set by the sweep itself (see 'trial', 'seeds' and --root)")
+
+    axes = data.get("axes") or {}
+    if not isinstance(axes, dict):
+        _fail(source, "axes", "must be a mapping of setting: {grid|choice|uniform|loguniform: values}")
+    for key, spec in axes.items():
+        where = f"axes.{key}"
+        if key not in config_keys:
+            _fail(source, where, f"is not a setting: use {', '.join(config_keys)}")
+        if key in NOT_SWEEPABLE:
+            _fail(source, where, "cannot be swept (seeds come from 'seeds', resources from 'trial')")
+        if not isinstance(spec, dict) or len(spec) != 1 or next(iter(spec)) not in AXIS_KINDS:
+            _fail(source, where, f"must be one of {{{': [...]}, {'.join(AXIS_KINDS)}: [...]}}")
+        (kind, values), = spec.items()
+        if not isinstance(values, list) or not values:
+            _fail(source, f"{where}.{kind}", "must be a non-empty list")
+        if kind in ("uniform", "loguniform"):
+            if len(values) != 2 or not all(isinstance(v, (int, float)) for v in values) or values[0] >= values[1]:
+                _fail(source, f"{where}.{kind}", "must be [low, high] with low < high")
+            if kind == "loguniform" and values[0] <= 0:
+                _fail(source, f"{where}.{kind}", "needs low > 0")
+        if key in fixed:
+            _fail(source, where, "is also in 'fixed': keep it in one place")
+
+    seeds = data.get("seeds", 1)
+    if isinstance(seeds, bool) or not (isinstance(seeds, int) and seeds >= 1 or
+                                       isinstance(seeds, list) and seeds and all(isinstance(s, int) for s in seeds)):
+        _fail(source, "seeds", "must be a count >= 1 or a list of integer seeds")
+    seed_list = list(range(seeds)) if isinstance(seeds, int) else list(seeds)
+
+    samples = data.get("samples", 1)
+    if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
+        _fail(source, "samples", "must be an integer >= 1")
+
+    trial = {"workers": 1, "cpus_per_worker": 1, "gpus_per_worker": 0.0}
+    for key, value in (data.get("trial") or {}).items():
+        if key not in TRIAL_KEYS:
+            _fail(source, f"trial.{key}", f"is not a trial setting: use {', '.join(TRIAL_KEYS)}")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+            _fail(source, f"trial.{key}", "must be a number >= 0")
+        trial[key] = TRIAL_KEYS[key](value)
+    if trial["workers"] < 1 or trial["cpus_per_worker"] < 1:
+        _fail(source, "trial", "needs workers >= 1 and cpus_per_worker >= 1")
+
+    concurrency = data.get("concurrency", 0)
+    if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 0:
+        _fail(source, "concurrency", "must be an integer >= 0 (0: as many as fit)")
+
+    scheduler_raw = data.get("scheduler", "fifo")
+    scheduler = None
+    if isinstance(scheduler_raw, dict) and set(scheduler_raw) == {"asha"}:
+        scheduler = {"metric": "loss", "mode": "min", "grace_period": 1, "reduction_factor": 2.0}
+        for key, value in (scheduler_raw["asha"] or {}).items():
+            if key not in ASHA_KEYS:
+                _fail(source, f"scheduler.asha.{key}", f"is not an ASHA setting: use {', '.join(ASHA_KEYS)}")
+            scheduler[key] = ASHA_KEYS[key](value)
+        if scheduler["mode"] not in ("min", "max"):
+            _fail(source, "scheduler.asha.mode", "must be min or max")
+        if scheduler["metric"] not in ("loss", "pair_acc"):
+            _fail(source, "scheduler.asha.metric", "must be a per-epoch metric: loss or pair_acc")
+    elif scheduler_raw != "fifo":
+        _fail(source, "scheduler", "must be fifo or {asha: {...}}")
+
+    evaluations_raw = data.get("evaluations", {"linear": {}})
+    if isinstance(evaluations_raw, list):
+        evaluations_raw = {name: {} for name in evaluations_raw}
+    if not isinstance(evaluations_raw, dict):
+        _fail(source, "evaluations", f"must be a mapping of {', '.join(EVALUATIONS)}")
+    evaluations = {}
+    for name, settings in evaluations_raw.items():
+        if name not in EVALUATIONS:
+            _fail(source, f"evaluations.{name}", f"is not an evaluation: use {', '.join(EVALUATIONS)}")
+        settings = settings or {}
+        for key, value in settings.items():
+            if key not in EVAL_KEYS:
+                _fail(source, f"evaluations.{name}.{key}", f"is not a setting: use {', '.join(EVAL_KEYS)}")
+            settings[key] = EVAL_KEYS[key](value)
+        evaluations[name] = settings
+
+    spec = SweepSpec(name=str(data.get("name") or default_name), fixed=fixed, axes=axes, seeds=seed_list,
+                     samples=samples, trial=trial, concurrency=concurrency, scheduler=scheduler,
+                     evaluations=evaluations, source=source)
+    for point in spec.grid_points():  # every grid point must be a valid run
+        try:
+            spec.trial_config(point, seed_list[0], root="data", out="runs/x").validate()
+        except ConfigError as e:
+            raise ConfigError(f"{source}: the point {point} is invalid: {e}") from None
+    return spec
+
+
+def load(path: str | Path) -> SweepSpec:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"search space {path} does not exist: pass a YAML file such as tune_spaces/demo.yaml")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path} is not valid YAML ({str(e).splitlines()[0]}): fix its syntax") from None
+    return parse(data, source=str(path), default_name=path.stem)
+
+
+def param_space(spec: SweepSpec) -> dict[str, Any]:
+    """The Tune param_space: one entry per axis, plus the seeds as a grid."""
+    from ray import tune
+
+    samplers = {"grid": tune.grid_search, "choice": tune.choice,
+                "uniform": lambda v: tune.uniform(*v), "loguniform": lambda v: tune.loguniform(*v)}
+    space: dict[str, Any] = {}
+    for name, axis in spec.axes.items():
+        (kind, values), = axis.items()
+        space[name] = samplers[kind](values)
+    space["seed"] = tune.grid_search(spec.seeds)
+    return space
+
+
+def has_random_axes(spec: SweepSpec) -> bool:
+    return spec.samples > 1 or any(next(iter(a)) != "grid" for a in spec.axes.values())

@@ -1,0 +1,81 @@
+"""One sweep trial: a pretraining (a TorchTrainer) followed by the space's evaluations.
+
+Every trial keeps its own record, `trials/<name>/trial.json`, written atomically: Tune's own
+progress files lose history when a sweep is restored, this one does not. A trial whose record
+says it completed with the same settings is not trained again when the sweep is resumed.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rrdist import atomic
+
+RECORD = "trial.json"
+
+
+@dataclass
+class SweepContext:
+    spec: dict[str, Any]  # SweepSpec.to_dict(): plain data, shipped to every trial
+    sweep_dir: str
+    root: str
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def trial_name(axes: dict[str, Any], seed: int, trial_id: str | None = None) -> str:
+    """Readable and stable: `K=4,gamma=2,seed=0` (plus Tune's id when axes are random draws)."""
+    parts = [f"{k}={_fmt(v)}" for k, v in axes.items()] + [f"seed={seed}"]
+    return ",".join(parts) + (f"_{trial_id}" if trial_id else "")
+
+
+def read_record(run_dir: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads((Path(run_dir) / RECORD).read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def write_record(run_dir: Path, record: dict[str, Any]) -> None:
+    atomic.write_json(Path(run_dir) / RECORD, record)
+
+
+def run_trial(params: dict[str, Any], context: SweepContext) -> None:
+    from ray import tune
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from rrdist.errors import find_user_message
+    from rrdist.eval.linear import LinearSettings, evaluate_linear
+    from rrdist.train.trainer import pretrain
+    from rrdist.tune.space import EVALUATIONS, has_random_axes, parse
+
+    spec = parse(context.spec, source="sweep.yaml")
+    axes = {name: params[name] for name in spec.axes}
+    seed = int(params["seed"])
+    trial_id = tune.get_context().get_trial_id()
+    name = trial_name(axes, seed, trial_id if has_random_axes(spec) else None)
+    run_dir = Path(context.sweep_dir) / "trials" / name
+    cfg = spec.trial_config(axes, seed, context.root, str(run_dir)).validate()
+    record = {"trial": name, "trial_id": trial_id, "axes": axes, "seed": seed, "config": cfg.to_dict()}
+
+    saved = read_record(run_dir)
+    if saved and saved.get("status") == "completed" and saved.get("config") == cfg.to_dict():
+        tune.report({**saved["metrics"], "reused": 1})  # finished before an interruption: not re-run
+        return
+    try:
+        result = pretrain(cfg, callbacks=[TuneReportCallback()])
+        metrics = {k: result.metrics.get(k) for k in ("epoch", "loss", "pair_acc", "views_per_s")}
+        for evaluation, settings in spec.evaluations.items():
+            outcome = evaluate_linear(run_dir, init=EVALUATIONS[evaluation], settings=LinearSettings(**settings))
+            metrics[f"{evaluation}_acc"] = outcome["test_accuracy"]
+    except Exception as e:
+        message = find_user_message(e) or f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
+        write_record(run_dir, {**record, "status": "failed", "error": message})
+        raise
+    write_record(run_dir, {**record, "status": "completed", "metrics": metrics})
+    tune.report({**metrics, "reused": 0})

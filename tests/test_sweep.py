@@ -1,0 +1,151 @@
+"""Ray Tune sweeps on a real local Ray: a grid with seeds, the results table, resume after a kill."""
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+
+from rrdist.cli import main
+from rrdist.tune.driver import run_sweep
+from rrdist.tune.space import load
+
+QUIET = dict(log=lambda *a: None)
+
+
+def write_space(path: Path, **overrides) -> Path:
+    space = {"name": path.stem, "fixed": {"dataset": "digits", "backbone": "conv4", "epochs": 1, "batch_size": 64},
+             "axes": {"K": {"grid": [2, 3]}, "gamma": {"grid": [0, 2]}}, "seeds": 2,
+             "trial": {"workers": 1, "cpus_per_worker": 1}, "concurrency": 2,
+             "evaluations": {"linear": {"epochs": 3}}}
+    space.update(overrides)
+    path.write_text(yaml.safe_dump(space))
+    return path
+
+
+def records(sweep_dir: Path) -> dict[str, dict]:
+    return {p.parent.name: json.loads(p.read_text()) for p in (sweep_dir / "trials").glob("*/trial.json")}
+
+
+def hparams_runs(sweep_dir: Path) -> set[str]:
+    runs = set()
+    for f in (sweep_dir / "hparams").rglob("events.out.tfevents.*"):
+        for event in EventFileLoader(str(f)).Load():
+            for value in event.summary.value:
+                if value.metadata.plugin_data.plugin_name == "hparams":
+                    runs.add(f.parent.name)
+    return runs
+
+
+@pytest.mark.usefixtures("ray_session")
+def test_grid_with_seeds_gives_mean_and_std(tmp_path, digits_root):
+    space = write_space(tmp_path / "grid.yaml")
+    sweep_dir = run_sweep(space, root=str(digits_root), out=tmp_path / "sweeps", **QUIET)
+    trials = records(sweep_dir)
+    assert len(trials) == 8 and all(t["status"] == "completed" for t in trials.values())
+    for t in trials.values():  # each trial is a full run folder
+        run = sweep_dir / "trials" / t["trial"]
+        assert (run / "backbone.pt").is_file() and any((run / "tb").iterdir())
+        assert (run / "train" / "epoch_0001" / "state.pt").is_file()
+    with open(sweep_dir / "results.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 4
+    for row in rows:
+        accs = [100 * t["metrics"]["linear_acc"] for t in trials.values()
+                if str(t["axes"]["K"]) == row["K"] and str(t["axes"]["gamma"]) == row["gamma"]]
+        assert len(accs) == 2 and row["seeds_done"] == "2"
+        assert float(row["linear_mean"]) == pytest.approx(np.mean(accs), abs=1e-3)
+        assert float(row["linear_std"]) == pytest.approx(np.std(accs, ddof=1), abs=1e-3)
+    table = (sweep_dir / "results.md").read_text()
+    assert "| K | gamma | linear acc % (mean ± std) | paper |" in table
+    assert table.count(" ± ") >= 4 and "**Best** (linear)" in table
+    with open(sweep_dir / "trials.csv") as f:
+        assert len(list(csv.DictReader(f))) == 8
+    assert hparams_runs(sweep_dir) == set(trials)
+    # `rrdist report` rebuilds the same table from disk
+    assert main(["report", str(sweep_dir)]) == 0
+    assert (sweep_dir / "results.md").read_text() == table
+
+
+def test_bad_space_files_give_one_line(tmp_path, capsys):
+    cases = {
+        "axez: {K: {grid: [2]}}\n": "'axez' is not a search-space key",
+        "axes: {K: {grid: [1, 4]}}\n": "K must be at least 2",
+        "axes: {K: {range: [2, 4]}}\n": "'axes.K' must be one of",
+        "axes: {lr: {loguniform: [0.1, 0.01]}}\n": "'axes.lr.loguniform' must be [low, high]",
+        "fixed: {out: x}\n": "'fixed.out' is set by the sweep itself",
+        "seeds: 0\n": "'seeds' must be a count",
+        "scheduler: {hyperband: {}}\n": "'scheduler' must be fifo",
+        "evaluations: [linear, knn]\n": "'evaluations.knn' is not an evaluation",
+        "trial: {gpus: 1}\n": "'trial.gpus' is not a trial setting",
+        "axes: [K]\n": "'axes' must be a mapping",
+        "K: [2\n": "not valid YAML",
+    }
+    for text, message in cases.items():
+        path = tmp_path / "bad.yaml"
+        path.write_text(text)
+        code = main(["sweep", str(path), "--root", str(tmp_path), "--out", str(tmp_path / "sweeps")])
+        err = capsys.readouterr().err.strip()
+        assert code == 2, text
+        assert message in err and len(err.splitlines()) == 1, (text, err)
+    assert not (tmp_path / "sweeps").exists()
+    assert main(["sweep", str(tmp_path / "missing.yaml")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_shipped_spaces_are_valid():
+    spaces = sorted(Path(__file__).parent.parent.glob("tune_spaces/*.yaml"))
+    assert {p.stem for p in spaces} >= {"demo", "k_gamma", "k_ablation", "paper_linear"}
+    for path in spaces:
+        spec = load(path)
+        assert spec.trial_count() >= 1
+    k_gamma = load(Path(__file__).parent.parent / "tune_spaces" / "k_gamma.yaml")
+    assert k_gamma.trial_count() == 5 * 4 * 3
+
+
+@pytest.mark.usefixtures("ray_session")
+def test_killed_sweep_resumes_without_rerunning_finished_trials(tmp_path, digits_root):
+    import ray
+
+    space = write_space(tmp_path / "killme.yaml", axes={"K": {"grid": [2, 3]}}, concurrency=1,
+                        evaluations={"linear": {"epochs": 2}})
+    sweep_dir = tmp_path / "sweeps" / "killme"
+    cmd = [sys.executable, "-m", "rrdist", "sweep", str(space), "--root", str(digits_root),
+           "--out", str(tmp_path / "sweeps"), "--address", ray.get_runtime_context().gcs_address]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    driver = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                              start_new_session=True)
+    deadline = time.time() + 400
+    while time.time() < deadline and driver.poll() is None:
+        done = [t for t in records(sweep_dir).values() if t["status"] == "completed"] if sweep_dir.exists() else []
+        if done:
+            break
+        time.sleep(0.5)
+    assert driver.poll() is None, "the sweep ended before it could be killed"
+    os.killpg(driver.pid, signal.SIGKILL)  # the driver dies with no chance to save anything
+    driver.wait()
+    finished = {name: t for name, t in records(sweep_dir).items() if t["status"] == "completed"}
+    assert 1 <= len(finished) < 4
+    before = {name: ((sweep_dir / "trials" / name / "trial.json").stat().st_mtime_ns,
+                     (sweep_dir / "trials" / name / "metrics.jsonl").read_text()) for name in finished}
+
+    again = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-2000:]
+    trials = records(sweep_dir)
+    assert len(trials) == 4 and all(t["status"] == "completed" for t in trials.values())
+    for name, (mtime, metrics) in before.items():  # finished trials were not trained again
+        assert (sweep_dir / "trials" / name / "trial.json").stat().st_mtime_ns == mtime
+        assert (sweep_dir / "trials" / name / "metrics.jsonl").read_text() == metrics
+    for name in trials:  # and no trial trained its epoch twice
+        lines = (sweep_dir / "trials" / name / "metrics.jsonl").read_text().splitlines()
+        assert [json.loads(line)["epoch"] for line in lines] == [1]
+    assert "resuming the sweep" in again.stdout
+    assert (sweep_dir / "results.md").read_text().count("| done |") == 2
