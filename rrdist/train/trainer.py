@@ -29,7 +29,10 @@ def init_ray(address: str | None = None) -> None:
     elif os.environ.get("RAY_ADDRESS"):
         ray.init(runtime_env=runtime_env)
     else:
-        ray.init(address="local", include_dashboard=False, runtime_env=runtime_env)
+        # The dashboard (on 127.0.0.1 only) serves the State API that Ray Train's placement-group
+        # cleaner polls: without it, a run whose controller is killed (a trial stopped by a
+        # scheduler) would keep its workers' resources.
+        ray.init(address="local", include_dashboard=True, dashboard_host="127.0.0.1", runtime_env=runtime_env)
 
 
 def check_run_folder(cfg: PretrainConfig, run_dir: Path) -> bool:

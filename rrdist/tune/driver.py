@@ -24,6 +24,10 @@ def _summary_callback():
             scores = ", ".join(f"{k[:-4]} {100 * v:.2f}%" for k, v in r.items()
                                if k.endswith("_acc") and isinstance(v, float) and k != "pair_acc")
             again = " (done before; not re-run)" if r.get("reused") else ""
+            if "reused" not in r:  # ended by the scheduler before its evaluations
+                print(f"[rrdist] trial {trial.trial_id} {trial.config} stopped early by the scheduler at epoch "
+                      f"{r.get('epoch')}: loss {r.get('loss', float('nan')):.4f}", flush=True)
+                return
             print(f"[rrdist] trial {trial.trial_id} {trial.config} finished: loss {r.get('loss', float('nan')):.4f}"
                   f"{', ' + scores if scores else ''}{again}", flush=True)
 
@@ -39,8 +43,10 @@ def _scheduler(spec: SweepSpec):
     from ray.tune.schedulers import ASHAScheduler
 
     s = spec.scheduler
+    # max_t one past the last epoch: ASHA stops a trial on reaching max_t, which would cut off
+    # a full-length trial before its evaluations.
     return ASHAScheduler(time_attr="epoch", metric=s["metric"], mode=s["mode"],
-                         max_t=int(spec.fixed.get("epochs", 200)), grace_period=s["grace_period"],
+                         max_t=int(spec.fixed.get("epochs", 200)) + 1, grace_period=s["grace_period"],
                          reduction_factor=s["reduction_factor"])
 
 

@@ -71,8 +71,8 @@ def summarize(sweep: dict[str, Any], trials: list[dict[str, Any]]) -> list[dict[
     return rows
 
 
-def _cell(value: tuple[float, float] | None) -> str:
-    return "—" if value is None else f"{value[0]:.2f} ± {value[1]:.2f}"
+def _cell(value: tuple[float, float] | None, digits: int = 2) -> str:
+    return "—" if value is None else f"{value[0]:.{digits}f} ± {value[1]:.{digits}f}"
 
 
 def render(sweep: dict[str, Any], rows: list[dict[str, Any]], trials: list[dict[str, Any]]) -> str:
@@ -94,7 +94,7 @@ def render(sweep: dict[str, Any], rows: list[dict[str, Any]], trials: list[dict[
             status.append("stopped early (ASHA): " + "; ".join(row["stopped"]))
         if row["failed"]:
             status.append(f"{len(row['failed'])} failed")
-        cells += [str(row["seeds_done"]), _cell(row["loss"]) if row["loss"] else "—", ", ".join(status) or "done"]
+        cells += [str(row["seeds_done"]), _cell(row["loss"], 4), ", ".join(status) or "done"]
         lines.append("| " + " | ".join(cells) + " |")
     scored = [r for r in rows if evaluations and r.get(evaluations[0]) is not None]
     if scored:
