@@ -42,6 +42,8 @@ PRETRAIN_FLAGS = {  # config field -> (type, help); the flag is --field-with-das
     "cpus_per_worker": (int, "CPUs reserved per worker (and torch threads)"),
     "loader_workers": (int, "FFCV decoding threads per worker"),
     "checkpoint_every": (int, "epochs between checkpoints (the last epoch always gets one)"),
+    "max_failures": (int, "restarts of the worker group from the last checkpoint after a failure"),
+    "precision": (str, "fp32, or bf16 autocast of the forward pass"),
     "out": (str, "run folder"),
 }
 
@@ -58,6 +60,8 @@ def _pretrain(args: argparse.Namespace) -> int:
             values[name] = value
     if args.use_gpu:
         values["use_gpu"] = True
+    if args.sync_bn:
+        values["sync_bn"] = True
     cfg = PretrainConfig.from_dict(values).validate()
     result = pretrain(cfg, address=args.address)
     m = result.metrics
@@ -124,6 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
         pre.add_argument(flag, dest=name, type=kind, default=None, metavar=name.upper(),
                          help=f"{text} (default: {defaults[name]})")
     pre.add_argument("--use-gpu", action="store_true", help="one GPU per worker, NCCL")
+    pre.add_argument("--sync-bn", action="store_true", help="BatchNorm statistics over all workers (GPU only)")
     pre.add_argument("--address", default=None, help="Ray cluster to join (default: a private local Ray)")
     pre.set_defaults(func=_pretrain)
 

@@ -13,6 +13,7 @@ import yaml
 from rrdist.errors import ConfigError
 
 AGGREGATIONS = ("cat", "sum", "mean", "max")
+PRECISIONS = ("fp32", "bf16")
 
 
 @dataclass
@@ -36,10 +37,14 @@ class PretrainConfig:
     cpus_per_worker: int = 1
     loader_workers: int = 1
     checkpoint_every: int = 10
+    max_failures: int = 3  # worker-group restarts from the last checkpoint before giving up
+    sync_bn: bool = False  # BatchNorm statistics over all workers (GPU only); the paper's is per worker
+    precision: str = "fp32"  # or bf16: autocast of the forward pass
     out: str = "runs/run"
 
     # Fields that may change when a run is resumed: they do not change what is learned.
-    RESUMABLE = ("epochs", "checkpoint_every", "loader_workers", "cpus_per_worker", "gpus_per_worker", "root", "out")
+    RESUMABLE = ("epochs", "checkpoint_every", "loader_workers", "cpus_per_worker", "gpus_per_worker", "max_failures",
+                 "root", "out")
 
     def validate(self) -> "PretrainConfig":
         from rrdist.data.datasets import DATASETS
@@ -65,6 +70,10 @@ class PretrainConfig:
         need(0 < self.gpus_per_worker <= 8, f"gpus per worker must be in (0, 8] (got {self.gpus_per_worker})")
         need(self.loader_workers >= 1, f"loader workers must be at least 1 (got {self.loader_workers})")
         need(self.checkpoint_every >= 1, f"checkpoint interval must be at least 1 epoch (got {self.checkpoint_every})")
+        need(self.max_failures >= 0, f"max failures must be >= 0 (got {self.max_failures})")
+        need(self.precision in PRECISIONS, f"unknown precision '{self.precision}': choose one of {', '.join(PRECISIONS)}")
+        need(not self.sync_bn or self.use_gpu,
+             "--sync-bn needs --use-gpu: torch's SyncBatchNorm runs on GPUs only (plain BatchNorm is the paper's)")
         return self
 
     def to_dict(self) -> dict[str, Any]:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import tempfile
 import time
 from pathlib import Path
@@ -10,8 +12,11 @@ from typing import Any
 
 import torch
 
+from rrdist import atomic
 from rrdist.config import PretrainConfig
 from rrdist.errors import MARKER, TrainingError
+
+FAILURE_FILE = "failure.json"  # a failure no restart can fix, for the driver to report
 
 # Sums kept on the device during an epoch and read once at its end (no per-step host sync).
 LOSS, ACC, STEPS, NONFINITE, VIEWS = range(5)
@@ -24,13 +29,18 @@ def epoch_seed(seed: int, rank: int, epoch: int) -> int:
 
 def train_epoch(model: torch.nn.Module, loader, augment, optimizer: torch.optim.Optimizer, K: int,
                 generator: torch.Generator, device: torch.device, fault: str | None = None,
-                trace: list[float] | None = None) -> torch.Tensor:
+                trace: list[float] | None = None, precision: str = "fp32",
+                on_step=None) -> torch.Tensor:
     """One pass over the loader; returns the device-side sums [loss, acc, steps, nonfinite, views]."""
     sums = torch.zeros(5, device=device, dtype=torch.float64)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
     for step, (images, labels) in enumerate(loader):
+        if on_step is not None:
+            on_step(step)
         images = images.to(device, non_blocking=True)
         views = augment(images, K, generator)
-        loss, metrics = model(views, labels)
+        with autocast:
+            loss, metrics = model(views, labels)
         if fault == "nan-loss":  # test hook: what a diverged run looks like
             loss = loss * float("nan")
         optimizer.zero_grad(set_to_none=True)
@@ -74,13 +84,14 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     method = build_method(cfg)
     optimizer = method.configure_optimizer()
     start_epoch = 0
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is not None:
-        with checkpoint.as_directory() as d:
-            state = load_state(Path(d))
+    state = resume_state(ray.train.get_checkpoint(), run_dir, announce=rank == 0)
+    if state is not None:
         method.load_state_dict(state["method"])
         optimizer.load_state_dict(state["optimizer"])
         start_epoch = int(state["epoch"])
+    if cfg.sync_bn:
+        method = torch.nn.SyncBatchNorm.convert_sync_batchnorm(method)
+        optimizer = rebind_optimizer(optimizer, method)
     model = ray.train.torch.prepare_model(method) if world > 1 or cfg.use_gpu else method
     optimizer_to(optimizer, device)
 
@@ -101,7 +112,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         generator.manual_seed(epoch_seed(cfg.seed, rank, epoch))
         model.train()
         start = time.perf_counter()
-        sums = train_epoch(model, loader, augment, optimizer, cfg.K, generator, device, fault)
+        kill = worker_kill_hook(fault, rank, epoch, run_dir)
+        sums = train_epoch(model, loader, augment, optimizer, cfg.K, generator, device, fault,
+                           precision=cfg.precision, on_step=kill)
         if world > 1:
             torch.distributed.all_reduce(sums)  # global metrics, not rank 0's share
         elapsed = time.perf_counter() - start
@@ -110,9 +123,12 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             torch.distributed.all_reduce(elapsed_t, op=torch.distributed.ReduceOp.MAX)
             elapsed = float(elapsed_t)
         loss_sum, acc_sum, steps, nonfinite, views = sums.tolist()
-        if nonfinite > 0:
-            raise TrainingError(f"{MARKER}the loss became NaN or infinite in epoch {epoch + 1}: lower --lr or "
-                                f"check the data; the last good checkpoint in {run_dir} is kept")
+        if nonfinite > 0:  # not retried: the same data would diverge again
+            if rank == 0:
+                atomic.write_json(run_dir / FAILURE_FILE, {"error": (
+                    f"the loss became NaN or infinite in epoch {epoch + 1}: lower --lr or check the data; "
+                    f"the last good checkpoint in {run_dir} is kept")})
+            return
         done = epoch + 1
         metrics = {"epoch": done, "loss": loss_sum / max(steps, 1), "pair_acc": acc_sum / max(steps, 1),
                    "views_per_s": views / max(elapsed, 1e-9), "epoch_time_s": elapsed, "steps": int(steps)}
@@ -145,3 +161,63 @@ def optimizer_to(optimizer: torch.optim.Optimizer, device: torch.device) -> None
             if isinstance(v, torch.Tensor) and k != "step":
                 state[k] = v.to(device)
 
+
+
+def resume_state(checkpoint, run_dir: Path, announce: bool = False) -> dict[str, Any] | None:
+    """The training state to continue from.
+
+    Ray's latest checkpoint first. When it is unreadable (a truncated file), or when Ray offers
+    none although the run folder holds some (a worker died before the controller registered the
+    last report), the newest readable checkpoint in the run folder, said in one line. The run
+    folder only ever holds this run's checkpoints: a folder with other settings is refused.
+    """
+    from rrdist.errors import DataError
+    from rrdist.train.checkpoint import load_state
+
+    problem, newer_than = None, None
+    if checkpoint is not None:
+        try:
+            with checkpoint.as_directory() as d:
+                return load_state(Path(d))
+        except DataError as e:
+            problem, newer_than = str(e).split(":")[0], Path(checkpoint.path).name
+    for folder in sorted((run_dir / "train").glob("epoch_*"), reverse=True):
+        if newer_than is not None and folder.name >= newer_than:
+            continue
+        try:
+            state = load_state(folder)
+        except DataError:
+            continue
+        if announce:
+            why = f"{problem}; " if problem else ""
+            print(f"[rrdist] {why}resuming from the checkpoint {folder.name} in the run folder")
+        return state
+    if problem:
+        raise TrainingError(f"{MARKER}no readable checkpoint in {run_dir / 'train'} ({problem}): "
+                            f"choose a new --out folder to start again")
+    return None
+
+
+def rebind_optimizer(optimizer: torch.optim.Optimizer, model: torch.nn.Module) -> torch.optim.Optimizer:
+    """The same optimizer (and state) over a converted model's parameters (SyncBatchNorm copies them)."""
+    fresh = type(optimizer)(model.parameters(), **optimizer.defaults)
+    fresh.load_state_dict(optimizer.state_dict())
+    return fresh
+
+
+def worker_kill_hook(fault: str | None, rank: int, epoch: int, run_dir: Path):
+    """Test hook `kill-worker:RANK:EPOCH:STEP`: that worker kills its own process once, mid-epoch,
+    as a lost machine would; a marker file in the run folder keeps the restarted worker alive."""
+    if not fault or not fault.startswith("kill-worker:"):
+        return None
+    _, r, e, s = fault.split(":")
+    if int(r) != rank or int(e) != epoch + 1:
+        return None
+    marker = run_dir / ".fault-kill-worker"
+
+    def maybe_kill(step: int) -> None:
+        if step == int(s) and not marker.exists():
+            marker.write_text(f"rank {rank} killed itself in epoch {epoch + 1} at step {step}\n")
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    return maybe_kill

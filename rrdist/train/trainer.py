@@ -70,6 +70,9 @@ def pretrain(cfg: PretrainConfig, address: str | None = None, log=print, callbac
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic.write_text(run_dir / "config.yaml", cfg.to_yaml())
 
+    from rrdist.train.loop import FAILURE_FILE
+
+    (run_dir / FAILURE_FILE).unlink(missing_ok=True)
     init_ray(address)
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
@@ -92,7 +95,7 @@ def pretrain(cfg: PretrainConfig, address: str | None = None, log=print, callbac
         run_config=RunConfig(
             name="train", storage_path=str(run_dir),
             checkpoint_config=CheckpointConfig(num_to_keep=2),
-            failure_config=FailureConfig(max_failures=0),
+            failure_config=FailureConfig(max_failures=cfg.max_failures),
             callbacks=callbacks or []),
     )
     log(f"pretraining {cfg.method}/{cfg.backbone} on {cfg.dataset}, K={cfg.K}, {cfg.workers} worker(s) -> {run_dir}")
@@ -108,6 +111,11 @@ def pretrain(cfg: PretrainConfig, address: str | None = None, log=print, callbac
         if message:
             raise TrainingError(message)
         raise result.error
+    failure = run_dir / FAILURE_FILE
+    if failure.is_file():
+        import json
+
+        raise TrainingError(json.loads(failure.read_text())["error"])
     return PretrainResult(run_dir, last_metrics(run_dir) or dict(result.metrics or {}), resumed)
 
 

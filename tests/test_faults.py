@@ -1,0 +1,114 @@
+"""Surviving failures: a worker killed mid-epoch, a truncated checkpoint, the driver killed."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from rrdist.config import PretrainConfig
+from rrdist.train.trainer import pretrain
+
+pytestmark = pytest.mark.usefixtures("ray_session")
+QUIET = dict(log=lambda *a: None)
+
+
+def config(root, out, **kw):
+    base = dict(dataset="digits", root=str(root), backbone="conv4", K=2, batch_size=64, epochs=3, workers=2,
+                checkpoint_every=1, out=str(out))
+    return PretrainConfig(**{**base, **kw})
+
+
+def logged_epochs(run_dir):
+    return [json.loads(line)["epoch"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def final_state(run_dir, epoch):
+    return torch.load(run_dir / "train" / f"epoch_{epoch:04d}" / "state.pt", weights_only=True)
+
+
+def test_worker_killed_mid_epoch_redoes_the_epoch(digits_root, tmp_path, monkeypatch):
+    monkeypatch.setenv("RRDIST_FAULT", "kill-worker:1:2:3")  # rank 1 kills itself in epoch 2, step 3
+    result = pretrain(config(digits_root, tmp_path / "run", max_failures=2), **QUIET)
+    run_dir = result.run_dir
+    assert (run_dir / ".fault-kill-worker").is_file()  # the failure really happened
+    assert result.metrics["epoch"] == 3
+    assert final_state(run_dir, 3)["epoch"] == 3
+    # epoch 2 was interrupted before it was logged, redone from the epoch-1 checkpoint, logged once
+    assert logged_epochs(run_dir) == [1, 2, 3]
+    assert torch.load(run_dir / "backbone.pt", weights_only=True)["epoch"] == 3
+
+
+def test_truncated_checkpoint_falls_back_to_the_previous_one(digits_root, tmp_path):
+    cfg = config(digits_root, tmp_path / "run", epochs=2)
+    run_dir = pretrain(cfg, **QUIET).run_dir
+    state = run_dir / "train" / "epoch_0002" / "state.pt"
+    state.write_bytes(state.read_bytes()[:500])
+    result = pretrain(config(digits_root, tmp_path / "run", epochs=3), **QUIET)
+    assert result.metrics["epoch"] == 3
+    assert logged_epochs(run_dir) == [1, 2, 2, 3]  # epoch 2 redone from epoch 1's checkpoint
+    assert final_state(run_dir, 3)["epoch"] == 3
+
+
+def test_killed_driver_resumes_with_the_same_command(digits_root, tmp_path):
+    import ray
+
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "rrdist", "pretrain", "--dataset", "digits", "--root", str(digits_root),
+           "--K", "2", "--epochs", "4", "--workers", "2", "--checkpoint-every", "1", "--out", str(out),
+           "--address", ray.get_runtime_context().gcs_address]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    driver = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                              start_new_session=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and not (out / "train" / "epoch_0002" / "state.pt").exists():
+        assert driver.poll() is None, "the run ended before it could be killed"
+        time.sleep(0.2)
+    os.killpg(driver.pid, signal.SIGKILL)
+    driver.wait()
+    done_before = max(logged_epochs(out))
+    assert 2 <= done_before < 4
+    again = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "resuming from epoch" in again.stdout + again.stderr
+    assert final_state(out, 4)["epoch"] == 4
+    epochs = logged_epochs(out)
+    assert epochs[:2] == [1, 2] and epochs[-1] == 4 and sorted(set(epochs)) == [1, 2, 3, 4]
+
+
+def test_sync_bn_needs_a_gpu_and_converts_the_model():
+    from rrdist.errors import ConfigError
+    from rrdist.methods import build_method
+    from rrdist.train.loop import rebind_optimizer
+
+    with pytest.raises(ConfigError, match="--sync-bn needs --use-gpu"):
+        PretrainConfig(dataset="digits", sync_bn=True).validate()
+    method = build_method(PretrainConfig(dataset="digits", K=2))
+    optimizer = method.configure_optimizer()
+    converted = torch.nn.SyncBatchNorm.convert_sync_batchnorm(method)
+    assert any(isinstance(m, torch.nn.SyncBatchNorm) for m in converted.modules())
+    assert not any(type(m) is torch.nn.BatchNorm2d for m in converted.modules())
+    fresh = rebind_optimizer(optimizer, converted)
+    assert {id(p) for g in fresh.param_groups for p in g["params"]} == {id(p) for p in converted.parameters()}
+
+
+def test_bf16_autocast_step_runs_on_cpu(digits_root):
+    from rrdist.data.augment import KViewAugment, view_generator
+    from rrdist.data.beton import load_manifest, split_path
+    from rrdist.data.loader import image_loader
+    from rrdist.methods import build_method
+    from rrdist.train.loop import train_epoch
+
+    manifest = load_manifest("digits", digits_root)
+    cfg = PretrainConfig(dataset="digits", K=2, batch_size=128, precision="bf16")
+    method = build_method(cfg)
+    before = [p.detach().clone() for p in method.backbone.parameters()]
+    loader = image_loader(split_path(manifest, "test"), cfg.batch_size, train=True)
+    sums = train_epoch(method, loader, KViewAugment(32, (0.5,) * 3, (0.25,) * 3), method.configure_optimizer(),
+                       cfg.K, view_generator(0, torch.device("cpu")), torch.device("cpu"), precision="bf16")
+    assert sums[2] == 360 // 128 and torch.isfinite(sums[0]) and sums[3] == 0
+    assert any(not torch.equal(a, b) for a, b in zip(before, method.backbone.parameters()))
