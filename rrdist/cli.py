@@ -1,4 +1,4 @@
-"""The `rrdist` command: data, pretrain, evaluate, sweep, report, demo."""
+"""The `rrdist` command: data, pretrain, evaluate, sweep, report, submit, jobs, demo."""
 
 from __future__ import annotations
 
@@ -96,6 +96,19 @@ def _report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _submit(args: argparse.Namespace) -> int:
+    from rrdist.jobs import submit
+
+    rest = args.rest[1:] if args.rest[:1] == ["--"] else args.rest
+    return submit(rest, address=args.address, follow=args.follow)
+
+
+def _jobs(args: argparse.Namespace) -> int:
+    from rrdist.jobs import jobs_command
+
+    return jobs_command(args.action, args.job_id, args.address, follow=args.follow)
+
+
 def _demo(args: argparse.Namespace) -> int:
     from rrdist.demo import run_demo
 
@@ -158,6 +171,20 @@ def build_parser() -> argparse.ArgumentParser:
     rep = sub.add_parser("report", help="the results table of a sweep, from what is on disk")
     rep.add_argument("sweep", help="the sweep folder, e.g. runs/sweeps/demo")
     rep.set_defaults(func=_report)
+
+    sm = sub.add_parser("submit", help="run an rrdist command on a Ray cluster (Job Submission API)")
+    sm.add_argument("--address", default=None, help="the head's job API (default: $RAY_API_SERVER_ADDRESS "
+                    "or http://127.0.0.1:8265)")
+    sm.add_argument("--follow", action="store_true", help="stream the logs; exit with the job's status")
+    sm.add_argument("rest", nargs=argparse.REMAINDER, help="-- then the rrdist arguments, e.g. -- pretrain ...")
+    sm.set_defaults(func=_submit)
+
+    jb = sub.add_parser("jobs", help="list jobs, show their logs or status, stop them")
+    jb.add_argument("action", choices=["list", "status", "logs", "stop"])
+    jb.add_argument("job_id", nargs="?")
+    jb.add_argument("--address", default=None)
+    jb.add_argument("--follow", action="store_true", help="with logs: stream until the job ends")
+    jb.set_defaults(func=_jobs)
 
     demo = sub.add_parser("demo", help="pretrain on the embedded digits data, evaluate, print a table")
     demo.add_argument("--out", default="runs/demo")
