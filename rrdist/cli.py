@@ -30,6 +30,7 @@ PRETRAIN_FLAGS = {  # config field -> (type, help); the flag is --field-with-das
     "method": (str, "self-supervised method"),
     "dataset": (str, "dataset name (rrdist data list)"),
     "root": (str, "data folder; .beton files live in ROOT/ffcv/"),
+    "data_uri": (str, "shared copy of ROOT (file://, s3://, gs://): each node stages it into ROOT once"),
     "backbone": (str, "conv4, resnet8, resnet32, resnet56 or resnet34"),
     "K": (int, "augmented views per image"),
     "gamma": (float, "focal factor of the loss; 0 is plain BCE"),

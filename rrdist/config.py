@@ -22,6 +22,7 @@ class PretrainConfig:
     method: str = "relational"
     dataset: str = "cifar10"
     root: str = "data"
+    data_uri: str = ""  # shared copy of ROOT (file://, s3://, ...): each node stages it into ROOT
     backbone: str = "conv4"
     K: int = 32
     gamma: float = 2.0
@@ -44,7 +45,7 @@ class PretrainConfig:
 
     # Fields that may change when a run is resumed: they do not change what is learned.
     RESUMABLE = ("epochs", "checkpoint_every", "loader_workers", "cpus_per_worker", "gpus_per_worker", "max_failures",
-                 "root", "out")
+                 "root", "data_uri", "out")
 
     def validate(self) -> "PretrainConfig":
         from rrdist.data.datasets import DATASETS

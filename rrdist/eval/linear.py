@@ -63,6 +63,10 @@ def evaluate_linear(run_dir: str | Path, init: str = "trained", dataset: str | N
     run_dir = Path(run_dir).expanduser().resolve()
     backbone, cfg, fingerprint = load_backbone(run_dir, init)
     dataset = dataset or cfg.dataset
+    if cfg.data_uri and root is None:  # the run read shared data: stage it here too
+        from rrdist.data.staging import stage
+
+        stage(cfg.data_uri, dataset, cfg.root, log=log)
     manifest = ensure_prepared(dataset, root or cfg.root, log=log)
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     start = time.perf_counter()

@@ -95,6 +95,10 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     model = ray.train.torch.prepare_model(method) if world > 1 or cfg.use_gpu else method
     optimizer_to(optimizer, device)
 
+    if data.get("uri"):  # every node copies the shared data to its local disk once
+        from rrdist.data.staging import stage
+
+        stage(data["uri"], data["dataset"], data["root"], log=print if rank == 0 else (lambda *a: None))
     loader = image_loader(data["train"], cfg.batch_size, train=True, num_workers=cfg.loader_workers,
                           seed=cfg.seed, distributed=world > 1, device=device)
     loader.next_epoch = start_epoch

@@ -66,7 +66,12 @@ def pretrain(cfg: PretrainConfig, address: str | None = None, log=print, callbac
     cfg.validate()
     run_dir = Path(cfg.out).expanduser().resolve()
     resumed = check_run_folder(cfg, run_dir)
-    manifest = ensure_prepared(cfg.dataset, cfg.root, log=log)
+    if cfg.data_uri:  # the workers stage it on their nodes; the driver reads the facts it needs
+        from rrdist.data.staging import remote_manifest
+
+        manifest = {**remote_manifest(cfg.data_uri, cfg.dataset), "dir": str(Path(cfg.root).resolve() / "ffcv" / cfg.dataset)}
+    else:
+        manifest = ensure_prepared(cfg.dataset, cfg.root, log=log)
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic.write_text(run_dir / "config.yaml", cfg.to_yaml())
 
@@ -82,7 +87,8 @@ def pretrain(cfg: PretrainConfig, address: str | None = None, log=print, callbac
     loop_config = {
         "config": cfg.to_dict(), "run_dir": str(run_dir),
         "data": {"train": str(split_path(manifest, "train")), "image_size": manifest["image_size"],
-                 "mean": manifest["mean"], "std": manifest["std"]},
+                 "mean": manifest["mean"], "std": manifest["std"], "uri": cfg.data_uri,
+                 "dataset": cfg.dataset, "root": str(Path(cfg.root).resolve())},
         "fault": os.environ.get("RRDIST_FAULT"),
     }
     trainer = TorchTrainer(
