@@ -1,5 +1,8 @@
 #!/usr/bin/env bash
-# A single-node Ray head for local use, bound to 127.0.0.1 only (GCS, dashboard, job API).
+# A single-node Ray head for local use. Its dashboard and job API listen on 127.0.0.1 only.
+# Ray 2.60 maps a loopback node address to the machine's own address (resolve_ip_for_localhost),
+# so its internal ports (GCS, raylet, object manager, client server) listen on every interface:
+# on a machine with a public address, block them with a host firewall.
 #   cluster/local.sh start    # then: rrdist submit --follow -- pretrain ...
 #   cluster/local.sh status
 #   cluster/local.sh stop     # stops this head only (its processes are found by its own temp dir)
