@@ -10,9 +10,20 @@ from typing import Any
 
 import yaml
 
-from rrdist.errors import ConfigError
+from rrdist.errors import ConfigError, first_line
 
 AGGREGATIONS = ("cat", "sum", "mean", "max")
+
+
+def read_yaml(path: str | Path, missing_hint: str) -> Any:
+    """A YAML file's content; a one-line ConfigError when it is missing or not YAML."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path} does not exist: {missing_hint}")
+    try:
+        return yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path} is not valid YAML ({first_line(e)}): fix its syntax") from None
 PRECISIONS = ("fp32", "bf16")
 
 
@@ -99,13 +110,7 @@ class PretrainConfig:
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> "PretrainConfig":
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file {path} does not exist: pass the path of a YAML file")
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"config file {path} is not valid YAML ({str(e).splitlines()[0]}): fix its syntax") from None
+        data = read_yaml(path, "pass the path of a YAML file of settings") or {}
         if not isinstance(data, dict):
             raise ConfigError(f"config file {path} must hold a mapping of settings")
         return cls.from_dict(data, source=str(path))

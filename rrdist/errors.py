@@ -17,6 +17,12 @@ class TrainingError(RrdistError):
     """Training cannot go on (for example the loss became NaN)."""
 
 
+def first_line(e: BaseException, limit: int = 200) -> str:
+    """An exception's first line (its type when it has no message), for one-line errors."""
+    text = str(e).strip()
+    return text.splitlines()[0][:limit] if text else type(e).__name__
+
+
 # Ray wraps worker exceptions in its own types and strings; this marker lets the driver find
 # the user-facing line again inside whatever Ray hands back.
 MARKER = "[rrdist] "

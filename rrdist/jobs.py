@@ -8,7 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-from rrdist.errors import RrdistError
+from rrdist.errors import RrdistError, first_line
 
 # Never shipped with the working directory: environments, data and results stay where they are.
 EXCLUDES = [".venv", ".git", "runs", "data", "bench/_work", "**/__pycache__", "*.beton"]
@@ -25,8 +25,7 @@ def client(address: str | None):
     try:
         return JobSubmissionClient(address)
     except Exception as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise RrdistError(f"cannot reach the Ray job API at {address} ({first[:160]}): start a head with "
+        raise RrdistError(f"cannot reach the Ray job API at {address} ({first_line(e, 160)}): start a head with "
                           f"`cluster/local.sh start`, or pass --address http://HEAD:8265 (via an SSH tunnel)") from None
 
 
@@ -48,7 +47,7 @@ def submit(args: list[str], address: str | None = None, follow: bool = False,
             if "try again later" in str(e) and time.time() < deadline:
                 time.sleep(2)
                 continue
-            raise RrdistError(f"the cluster refused the job ({str(e).strip().splitlines()[0][:200]})") from None
+            raise RrdistError(f"the cluster refused the job ({first_line(e)})") from None
     print(job_id, flush=True)
     if not follow:
         print(f"follow it with: rrdist jobs logs {job_id} --follow", file=sys.stderr)
@@ -71,7 +70,7 @@ def follow_job(jobs, job_id: str) -> int:
             break
         time.sleep(1.0)
     info = jobs.get_job_info(job_id)
-    reason = (info.message or "").strip().splitlines()[0] if info.message else ""
+    reason = (info.message or "").strip().splitlines()[0] if (info.message or "").strip() else ""
     print(f"job {job_id}: {status.value}" + (f" ({reason})" if reason and status != JobStatus.SUCCEEDED else ""),
           file=sys.stderr)
     return 0 if status == JobStatus.SUCCEEDED else 1
@@ -99,5 +98,5 @@ def jobs_command(action: str, job_id: str | None, address: str | None, follow: b
             print(jobs.get_job_status(job_id).value)
             return 0
     except RuntimeError as e:
-        raise RrdistError(f"job {job_id}: {str(e).strip().splitlines()[0][:200]}: see `rrdist jobs list`") from None
+        raise RrdistError(f"job {job_id}: {first_line(e)}: see `rrdist jobs list`") from None
     raise RrdistError(f"unknown jobs action '{action}': choose list, status, logs or stop")

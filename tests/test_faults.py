@@ -101,7 +101,7 @@ def test_bf16_autocast_step_runs_on_cpu(digits_root):
     from rrdist.data.beton import load_manifest, split_path
     from rrdist.data.loader import image_loader
     from rrdist.methods import build_method
-    from rrdist.train.loop import train_epoch
+    from rrdist.train.loop import LOSS, NONFINITE, STEPS, train_epoch
 
     manifest = load_manifest("digits", digits_root)
     cfg = PretrainConfig(dataset="digits", K=2, batch_size=128, precision="bf16")
@@ -110,5 +110,5 @@ def test_bf16_autocast_step_runs_on_cpu(digits_root):
     loader = image_loader(split_path(manifest, "test"), cfg.batch_size, train=True)
     sums = train_epoch(method, loader, KViewAugment(32, (0.5,) * 3, (0.25,) * 3), method.configure_optimizer(),
                        cfg.K, view_generator(0, torch.device("cpu")), torch.device("cpu"), precision="bf16")
-    assert sums[2] == 360 // 128 and torch.isfinite(sums[0]) and sums[3] == 0
+    assert sums[STEPS] == 360 // 128 and torch.isfinite(sums[LOSS]) and sums[NONFINITE] == 0
     assert any(not torch.equal(a, b) for a, b in zip(before, method.backbone.parameters()))

@@ -7,7 +7,7 @@ from rrdist.data.augment import KViewAugment, view_generator
 from rrdist.data.beton import load_manifest, split_path
 from rrdist.data.loader import image_loader
 from rrdist.methods import build_method
-from rrdist.train.loop import epoch_seed, train_epoch
+from rrdist.train.loop import STEPS, epoch_seed, train_epoch
 
 
 def loss_trace(root, seed, steps_seen):
@@ -25,7 +25,7 @@ def loss_trace(root, seed, steps_seen):
     for epoch in range(2):
         generator.manual_seed(epoch_seed(cfg.seed, 0, epoch))
         sums = train_epoch(method, loader, augment, optimizer, cfg.K, generator, torch.device("cpu"), trace=trace)
-        steps_seen.append(int(sums[2]))
+        steps_seen.append(int(sums[STEPS]))
     return trace
 
 

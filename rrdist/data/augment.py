@@ -176,10 +176,9 @@ class KViewAugment:
         Each view runs one jitter operation per step. `indexed` (the default on CPU) applies each
         operation only to the views that run it now; the masked form (the default on GPU, where
         finding those views would wait for the device) runs all four on every view, the other
-        three with identity factors. Both give the same result.
+        three with identity factors. Both give the same result. The indexed form writes into `x`.
         """
         indexed = (not x.is_cuda) if indexed is None else indexed
-        x = x.clone()
         for step in range(4):
             op = torch.where(p.jitter, p.order[:, step], torch.full_like(p.order[:, step], -1))
             for which, fn in enumerate(OPERATIONS):

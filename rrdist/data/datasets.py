@@ -13,7 +13,7 @@ from typing import Callable
 
 import numpy as np
 
-from rrdist.errors import DataError
+from rrdist.errors import DataError, first_line
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm"}
 
@@ -170,7 +170,7 @@ def read_cifar10(root: Path | None, download: bool, image_size: int | None) -> d
             from torchvision.datasets import CIFAR10
             CIFAR10(str(root), train=True, download=True)
         except Exception as e:  # no network, a broken mirror, ...
-            raise DataError(f"downloading CIFAR-10 failed ({str(e).splitlines()[0] if str(e) else type(e).__name__}):"
+            raise DataError(f"downloading CIFAR-10 failed ({first_line(e)}):"
                             f" place cifar-10-batches-py/ or train/<class>/ folders under {root}") from None
     root = _require_root(root, "cifar10")
     for cand in (root, root / "cifar-10-batches-py"):

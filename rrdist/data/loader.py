@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from rrdist.errors import DataError
+from rrdist.errors import DataError, first_line
 
 
 def image_loader(path: str | Path, batch_size: int, *, train: bool, num_workers: int = 1, seed: int = 0,
@@ -34,7 +34,7 @@ def image_loader(path: str | Path, batch_size: int, *, train: bool, num_workers:
             pipelines={"image": image, "label": label}, distributed=distributed, seed=seed,
             batches_ahead=3)
     except Exception as e:  # FFCV raises assorted errors on unreadable files
-        raise DataError(f"cannot read {path} ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}): "
+        raise DataError(f"cannot read {path} ({type(e).__name__}: {first_line(e)}): "
                         f"it may be corrupt, run `rrdist data prepare ... --force`") from None
     finally:
         torch.set_num_threads(threads)  # FFCV's Loader changes the process-wide thread count

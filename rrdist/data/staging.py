@@ -16,7 +16,7 @@ from typing import Any
 
 from rrdist import atomic
 from rrdist.data.beton import beton_dir, sha256
-from rrdist.errors import DataError
+from rrdist.errors import DataError, first_line
 
 
 def _remote(uri: str, dataset: str):
@@ -25,7 +25,7 @@ def _remote(uri: str, dataset: str):
     try:
         fs, base = pafs.FileSystem.from_uri(uri.rstrip("/"))
     except Exception as e:
-        raise DataError(f"cannot open --data-uri {uri} ({str(e).splitlines()[0][:150]}): give a URI such as "
+        raise DataError(f"cannot open --data-uri {uri} ({first_line(e, 150)}): give a URI such as "
                         f"file:///shared/data or s3://bucket/data") from None
     return fs, f"{base}/ffcv/{dataset}"
 

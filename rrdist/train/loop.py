@@ -46,17 +46,14 @@ def train_epoch(model: torch.nn.Module, loader, augment, optimizer: torch.optim.
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        sums += torch.stack([metrics["loss"].double(), metrics["pair_acc"].double(),
-                             torch.ones((), device=device, dtype=torch.float64),
-                             (~torch.isfinite(loss.detach())).double(),
-                             torch.full((), float(views.shape[0]), device=device, dtype=torch.float64)])
+        sums[LOSS] += metrics["loss"]
+        sums[ACC] += metrics["pair_acc"]
+        sums[STEPS] += 1
+        sums[NONFINITE] += ~torch.isfinite(loss.detach())
+        sums[VIEWS] += views.shape[0]
         if trace is not None:
             trace.append(float(metrics["loss"]))
     return sums
-
-
-def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    return model.module if hasattr(model, "module") else model
 
 
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
@@ -67,7 +64,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     from rrdist.data.augment import KViewAugment, view_generator
     from rrdist.data.loader import image_loader
     from rrdist.methods import build_method
-    from rrdist.train.checkpoint import load_state, save_backbone, save_state
+    from rrdist.train.checkpoint import save_backbone, save_state
     from rrdist.train.logs import quiet_ray_logs
 
     quiet_ray_logs()
@@ -126,7 +123,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             elapsed_t = torch.tensor([elapsed], dtype=torch.float64, device=device)
             torch.distributed.all_reduce(elapsed_t, op=torch.distributed.ReduceOp.MAX)
             elapsed = float(elapsed_t)
-        loss_sum, acc_sum, steps, nonfinite, views = sums.tolist()
+        loss_sum, acc_sum, steps, nonfinite, views = sums.tolist()  # the epoch's one host sync
         if nonfinite > 0:  # not retried: the same data would diverge again
             if rank == 0:
                 atomic.write_json(run_dir / FAILURE_FILE, {"error": (
@@ -164,7 +161,6 @@ def optimizer_to(optimizer: torch.optim.Optimizer, device: torch.device) -> None
         for k, v in state.items():
             if isinstance(v, torch.Tensor) and k != "step":
                 state[k] = v.to(device)
-
 
 
 def resume_state(checkpoint, run_dir: Path, announce: bool = False) -> dict[str, Any] | None:

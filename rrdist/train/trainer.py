@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -119,16 +120,12 @@ def pretrain(cfg: PretrainConfig, address: str | None = None, log=print, callbac
         raise result.error
     failure = run_dir / FAILURE_FILE
     if failure.is_file():
-        import json
-
         raise TrainingError(json.loads(failure.read_text())["error"])
     return PretrainResult(run_dir, last_metrics(run_dir) or dict(result.metrics or {}), resumed)
 
 
 def last_metrics(run_dir: Path) -> dict[str, Any]:
     """The last epoch's metrics as rank 0 logged them (also when a finished run is re-run)."""
-    import json
-
     path = run_dir / "metrics.jsonl"
     if not path.is_file():
         return {}

@@ -23,9 +23,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-import yaml
 
-from rrdist.config import PretrainConfig
+from rrdist.config import PretrainConfig, read_yaml
 from rrdist.errors import ConfigError
 
 TOP_KEYS = ("name", "fixed", "axes", "seeds", "samples", "trial", "concurrency", "scheduler", "evaluations")
@@ -50,10 +49,6 @@ class SweepSpec:
     scheduler: dict[str, Any] | None = None  # None: FIFO; else ASHA settings
     evaluations: dict[str, dict[str, Any]] = field(default_factory=lambda: {"linear": {}})
     source: str = "space"
-
-    @property
-    def axis_names(self) -> list[str]:
-        return list(self.axes)
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "fixed": self.fixed, "axes": self.axes, "seeds": self.seeds,
@@ -194,14 +189,8 @@ def parse(data: Any, source: str = "space", default_name: str = "sweep") -> Swee
 
 
 def load(path: str | Path) -> SweepSpec:
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"search space {path} does not exist: pass a YAML file such as tune_spaces/demo.yaml")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path} is not valid YAML ({str(e).splitlines()[0]}): fix its syntax") from None
-    return parse(data, source=str(path), default_name=path.stem)
+    data = read_yaml(path, "pass a search-space YAML file such as tune_spaces/demo.yaml")
+    return parse(data, source=str(path), default_name=Path(path).stem)
 
 
 def param_space(spec: SweepSpec) -> dict[str, Any]:

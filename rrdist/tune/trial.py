@@ -49,7 +49,7 @@ def run_trial(params: dict[str, Any], context: SweepContext) -> None:
     from ray import tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    from rrdist.errors import find_user_message
+    from rrdist.errors import find_user_message, first_line
     from rrdist.eval.linear import LinearSettings, evaluate_linear
     from rrdist.train.trainer import pretrain
     from rrdist.tune.space import EVALUATIONS, has_random_axes, parse
@@ -74,7 +74,7 @@ def run_trial(params: dict[str, Any], context: SweepContext) -> None:
             outcome = evaluate_linear(run_dir, init=EVALUATIONS[evaluation], settings=LinearSettings(**settings))
             metrics[f"{evaluation}_acc"] = outcome["test_accuracy"]
     except Exception as e:
-        message = find_user_message(e) or f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
+        message = find_user_message(e) or f"{type(e).__name__}: {first_line(e)}"
         write_record(run_dir, {**record, "status": "failed", "error": message})
         raise
     write_record(run_dir, {**record, "status": "completed", "metrics": metrics})
