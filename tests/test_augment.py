@@ -171,3 +171,34 @@ def test_colour_pipeline_matches_torchvision_per_view():
         if p.gray[i]:
             want = TF.rgb_to_grayscale(want, num_output_channels=3)
         assert torch.allclose(got[i], want, atol=3e-5), i
+
+
+@pytest.mark.parametrize("K,size,out", [(4, 32, 32), (3, 40, 24), (2, 16, 32)])
+def test_fused_cpu_kernel_matches_tensor_path(K, size, out):
+    """The fused CPU kernel applies the same parameters as the tensor path, to float rounding:
+    every branch (flip, jitter in each order, grayscale, crop fallback) on random images, plus
+    gray and fully saturated pixels, where the hue conversion has its special cases."""
+    g = torch.Generator().manual_seed(size)
+    imgs = torch.randint(0, 256, (16, size, size, 3), dtype=torch.uint8, generator=g)
+    imgs[0] = 128  # gray everywhere
+    imgs[1] = torch.tensor([255, 0, 0], dtype=torch.uint8)  # pure red
+    imgs[2, :, :, 1:] = 0
+    imgs[3, ::2] = 0  # stripes of black and colour
+    aug = KViewAugment(out, (0.49, 0.48, 0.45), (0.25, 0.24, 0.26))
+    p = aug.sample(K * 16, size, size, view_generator(K, CPU), CPU)
+    p.jitter[:8] = True  # make sure every order and operation shows up
+    fused = aug.apply_fused(imgs, p)
+    tensor = aug.apply(imgs, p, K)
+    assert fused.shape == tensor.shape == (K * 16, 3, out, out)
+    assert (fused - tensor).abs().max() < 1e-4
+    assert p.flip.any() and (~p.flip).any() and p.gray.any() and p.jitter.any()
+
+
+def test_call_uses_the_fused_kernel_on_cpu_and_both_paths_draw_the_same_views():
+    imgs = torch.randint(0, 256, (8, 32, 32, 3), dtype=torch.uint8)
+    fused = KViewAugment(32, (0.5,) * 3, (0.25,) * 3)
+    tensor = KViewAugment(32, (0.5,) * 3, (0.25,) * 3, fused_cpu=False)
+    a = fused(imgs, 4, view_generator(7, CPU))
+    b = tensor(imgs, 4, view_generator(7, CPU))
+    assert not torch.equal(a, b)  # different arithmetic, so not bit-identical ...
+    assert torch.allclose(a, b, atol=1e-4)  # ... but the same views

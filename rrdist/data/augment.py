@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -109,6 +110,7 @@ class KViewAugment:
     saturation: float = 0.8
     hue: float = 0.2
     gray_p: float = 0.2
+    fused_cpu: bool = True  # CPU tensors: the fused kernel (False: the tensor path, e.g. to compare)
 
     def sample(self, n: int, height: int, width: int, generator: torch.Generator,
                device: torch.device) -> ViewParams:
@@ -199,18 +201,40 @@ class KViewAugment:
         return (x - mean) / std
 
     def __call__(self, images: torch.Tensor, K: int, generator: torch.Generator) -> torch.Tensor:
-        """uint8 [M, H, W, 3] -> float [K * M, 3, S, S], view-major (view k is rows k*M..k*M+M-1)."""
+        """uint8 [M, H, W, 3] -> float [K * M, 3, S, S], view-major (view k is rows k*M..k*M+M-1).
+
+        On a CPU the views are made by one fused kernel (`augment_cpu`), elsewhere by batched tensor
+        operations; both apply the same sampled parameters with the same formulas.
+        """
+        M, H, W, _ = images.shape
+        p = self.sample(K * M, H, W, generator, images.device)
+        if images.device.type == "cpu" and self.fused_cpu:
+            return self.apply_fused(images, p)
+        return self.apply(images, p, K)
+
+    def apply(self, images: torch.Tensor, p: ViewParams, K: int) -> torch.Tensor:
+        """The views of parameters `p` with batched tensor operations (any device)."""
         M, H, W, _ = images.shape
         S = self.out_size
-        device = images.device
         x = images.permute(0, 3, 1, 2).float().div_(255.0)
-        p = self.sample(K * M, H, W, generator, device)
         # Stack each image's K sampling grids along the height axis: one grid_sample call reads
         # every image once and writes all its K views, without copying the image K times.
         grid = self.crop_grid(p, H, W).view(K, M, S, S, 2).transpose(0, 1).reshape(M, K * S, S, 2)
         views = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
         views = views.view(M, 3, K, S, S).permute(2, 0, 1, 3, 4).reshape(K * M, 3, S, S)
         return self.normalize(self.colour(views, p))
+
+    def apply_fused(self, images: torch.Tensor, p: ViewParams) -> torch.Tensor:
+        """The views of parameters `p` with the fused CPU kernel."""
+        from rrdist.data.augment_cpu import make_views
+
+        S = self.out_size
+        out = torch.empty(p.top.shape[0], 3, S * S)
+        planar = images.permute(0, 3, 1, 2).float().div_(255.0).contiguous()  # once per image, not per view
+        make_views(planar.numpy(), p.top.numpy(), p.left.numpy(), p.height.numpy(), p.width.numpy(),
+                   p.flip.numpy(), p.jitter.numpy(), p.factors.numpy(), p.order.numpy(), p.gray.numpy(),
+                   np.asarray(self.mean, np.float32), np.asarray(self.std, np.float32), out.numpy())
+        return out.view(-1, 3, S, S)
 
     def plain(self, images: torch.Tensor) -> torch.Tensor:
         """No augmentation (evaluation): uint8 [B, H, W, 3] -> normalised float [B, 3, H, W]."""

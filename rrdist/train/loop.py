@@ -27,6 +27,13 @@ def epoch_seed(seed: int, rank: int, epoch: int) -> int:
     return (seed * 1_000_003 + rank * 10_007 + epoch) % (2**63 - 1)
 
 
+def set_kernel_threads(n: int) -> None:
+    """The fused CPU augmentation kernel uses numba's thread pool: keep it to this worker's CPUs."""
+    import numba
+
+    numba.set_num_threads(max(1, min(n, numba.config.NUMBA_NUM_THREADS)))
+
+
 def train_epoch(model: torch.nn.Module, loader, augment, optimizer: torch.optim.Optimizer, K: int,
                 generator: torch.Generator, device: torch.device, fault: str | None = None,
                 trace: list[float] | None = None, precision: str = "fp32",
@@ -100,6 +107,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                           seed=cfg.seed, distributed=world > 1, device=device)
     loader.next_epoch = start_epoch
     torch.set_num_threads(cfg.cpus_per_worker)
+    set_kernel_threads(cfg.cpus_per_worker)
     augment = KViewAugment(data["image_size"], tuple(data["mean"]), tuple(data["std"]))
     generator = view_generator(0, device)
     method.generator = generator
