@@ -26,34 +26,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torchvision.transforms as T
-from PIL import Image
 
 from rrdist.data.augment import KViewAugment, view_generator
 from rrdist.data.beton import ensure_prepared, split_path
 from rrdist.data.datasets import get_spec
 from rrdist.data.loader import image_loader
-
-CIFAR_MEAN, CIFAR_STD = (0.491, 0.482, 0.447), (0.247, 0.243, 0.262)
-
-
-class ReferenceKViews(torch.utils.data.Dataset):
-    """The paper's MultiCIFAR10: K PIL augmentations of one image per __getitem__."""
-
-    def __init__(self, images: np.ndarray, labels: np.ndarray, K: int) -> None:
-        self.images, self.labels, self.K = images, labels, K
-        jitter = T.ColorJitter(brightness=0.8, contrast=0.8, saturation=0.8, hue=0.2)
-        self.transform = T.Compose([
-            T.RandomResizedCrop(size=32, scale=(0.08, 1.0), interpolation=T.InterpolationMode.BILINEAR),
-            T.RandomHorizontalFlip(p=0.5), T.RandomApply([jitter], p=0.8), T.RandomGrayscale(p=0.2),
-            T.ToTensor(), T.Normalize(CIFAR_MEAN, CIFAR_STD)])
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def __getitem__(self, index: int):
-        pic = Image.fromarray(self.images[index])
-        return [self.transform(pic.copy()) for _ in range(self.K)], int(self.labels[index])
+from reference import CIFAR_MEAN, CIFAR_STD, reference_loader
 
 
 def time_batches(batches, n: int, views_per_batch) -> tuple[float, float]:
@@ -85,8 +63,7 @@ def bench_rrdist(beton: Path, K: int, M: int, n: int, cores: int) -> tuple[float
 
 def bench_reference(images: np.ndarray, labels: np.ndarray, K: int, M: int, n: int, cores: int):
     torch.set_num_threads(1)
-    loader = torch.utils.data.DataLoader(ReferenceKViews(images, labels, K), batch_size=M, shuffle=True,
-                                         num_workers=cores, persistent_workers=True, prefetch_factor=4)
+    loader = reference_loader(images, labels, K, M, cores)
 
     def batches():
         while True:

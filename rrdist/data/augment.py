@@ -201,7 +201,8 @@ class KViewAugment:
         return (x - mean) / std
 
     def __call__(self, images: torch.Tensor, K: int, generator: torch.Generator) -> torch.Tensor:
-        """uint8 [M, H, W, 3] -> float [K * M, 3, S, S], view-major (view k is rows k*M..k*M+M-1).
+        """uint8 [M, H, W, 3] -> float [K * M, 3, S, S], view-major (view k is rows k*M..k*M+M-1),
+        in channels-last memory.
 
         On a CPU the views are made by one fused kernel (`augment_cpu`), elsewhere by batched tensor
         operations; both apply the same sampled parameters with the same formulas.
@@ -222,19 +223,19 @@ class KViewAugment:
         grid = self.crop_grid(p, H, W).view(K, M, S, S, 2).transpose(0, 1).reshape(M, K * S, S, 2)
         views = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
         views = views.view(M, 3, K, S, S).permute(2, 0, 1, 3, 4).reshape(K * M, 3, S, S)
-        return self.normalize(self.colour(views, p))
+        return self.normalize(self.colour(views, p)).contiguous(memory_format=torch.channels_last)
 
     def apply_fused(self, images: torch.Tensor, p: ViewParams) -> torch.Tensor:
         """The views of parameters `p` with the fused CPU kernel."""
         from rrdist.data.augment_cpu import make_views
 
         S = self.out_size
-        out = torch.empty(p.top.shape[0], 3, S * S)
+        out = torch.empty(p.top.shape[0], S, S, 3)
         planar = images.permute(0, 3, 1, 2).float().div_(255.0).contiguous()  # once per image, not per view
         make_views(planar.numpy(), p.top.numpy(), p.left.numpy(), p.height.numpy(), p.width.numpy(),
                    p.flip.numpy(), p.jitter.numpy(), p.factors.numpy(), p.order.numpy(), p.gray.numpy(),
-                   np.asarray(self.mean, np.float32), np.asarray(self.std, np.float32), out.numpy())
-        return out.view(-1, 3, S, S)
+                   np.asarray(self.mean, np.float32), np.asarray(self.std, np.float32), out.view(-1, S * S, 3).numpy())
+        return out.permute(0, 3, 1, 2)  # [n, 3, S, S] in channels-last memory
 
     def plain(self, images: torch.Tensor) -> torch.Tensor:
         """No augmentation (evaluation): uint8 [B, H, W, 3] -> normalised float [B, 3, H, W]."""

@@ -129,10 +129,10 @@ def _crop_resize(img, y0, y1, wy, x0, x1, wx, rows, S, buf, c):
 @numba.njit(parallel=True, fastmath=_FAST, cache=True)
 def make_views(images, top, left, height, width, flip, jitter, factors, order, gray, mean, std, out):
     """images float32 [M, 3, H, W] in [0, 1]; per-view parameters (n = K * M rows, view-major);
-    out float32 [n, 3, S * S]."""
+    out float32 [n, S * S, 3] (channels last, the layout the convolutions run fastest on)."""
     M, _, H, W = images.shape
     n_views = out.shape[0]
-    S = int(round(math.sqrt(out.shape[2])))
+    S = int(round(math.sqrt(out.shape[1])))
     n = S * S
     chunk = 64  # views per task: scratch buffers are allocated once per chunk, not per view
     for start in numba.prange((n_views + chunk - 1) // chunk):
@@ -171,4 +171,4 @@ def make_views(images, top, left, height, width, flip, jitter, factors, order, g
             for c in range(3):
                 mu, inv_sd = np.float32(mean[c]), _ONE / np.float32(std[c])
                 for p in range(n):
-                    out[v, c, p] = (buf[c, p] - mu) * inv_sd
+                    out[v, p, c] = (buf[c, p] - mu) * inv_sd

@@ -85,7 +85,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     device = ray.train.torch.get_device() if cfg.use_gpu else torch.device("cpu")
 
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank
-    method = build_method(cfg)
+    method = build_method(cfg).to(memory_format=torch.channels_last)  # the views come channels-last too
     optimizer = method.configure_optimizer()
     start_epoch = 0
     state = resume_state(ray.train.get_checkpoint(), run_dir, announce=rank == 0)
