@@ -82,7 +82,7 @@ def bench_reference(images, labels, backbone_name: str, K: int, M: int, cores: i
 
 
 def bench_rrdist(beton: Path, backbone_name: str, K: int, M: int, cores: int, budget: float,
-                 precision: str = "fp32") -> float:
+                 precision: str = "fp32", compile: bool = False) -> float:
     from rrdist.data.loader import image_loader
 
     torch.set_num_threads(cores)
@@ -91,6 +91,8 @@ def bench_rrdist(beton: Path, backbone_name: str, K: int, M: int, cores: int, bu
     cfg = PretrainConfig(backbone=backbone_name, K=K, batch_size=M, gamma=0.0)
     method = build_method(cfg).to(memory_format=torch.channels_last).train()
     optimizer = method.configure_optimizer()
+    if compile:
+        method.backbone.compile()
     generator = view_generator(0, torch.device("cpu"))
     method.generator = generator
     augment = KViewAugment(32, CIFAR_MEAN, CIFAR_STD)
@@ -124,6 +126,7 @@ def main() -> None:
     parser.add_argument("--M", type=int, default=64)
     parser.add_argument("--budget", type=float, default=20.0, help="seconds of timed steps per side and setting")
     parser.add_argument("--cores", type=int, default=os.cpu_count())
+    parser.add_argument("--compile", action="store_true", help="also time rrdist with --compile (its compile is warm-up)")
     parser.add_argument("--json", default=None, help="also write the figures here")
     args = parser.parse_args()
 
@@ -141,6 +144,11 @@ def main() -> None:
         ref = reference[(backbone_name, K)]
         rows.append({"backbone": backbone_name, "K": K, "M": args.M, "rrdist_step_s": round(ours, 4),
                      "reference_step_s": round(ref, 4), "ratio": round(ref / ours, 2), **pairs})
+        if args.compile:
+            compiled = bench_rrdist(beton, backbone_name, K, args.M, args.cores, args.budget, compile=True)
+            rows[-1].update(rrdist_compile_step_s=round(compiled, 4), compile_ratio=round(ref / compiled, 2))
+            print(f"{backbone_name:9s} K={K:3d} M={args.M}: rrdist --compile {compiled * 1000:8.1f} ms/step | "
+                  f"x{ref / compiled:.1f}")
         print(f"{backbone_name:9s} K={K:3d} M={args.M}: rrdist {ours * 1000:8.1f} ms/step | reference "
               f"{ref * 1000:8.1f} ms/step | x{ref / ours:.1f}   pairs {pairs['pairs']} = {pairs['reference_pairs']}, "
               f"positives {pairs['positive_share']:.2f} = {pairs['reference_positive_share']:.2f}")

@@ -63,6 +63,8 @@ def _pretrain(args: argparse.Namespace) -> int:
         values["use_gpu"] = True
     if args.sync_bn:
         values["sync_bn"] = True
+    if args.compile:
+        values["compile"] = True
     cfg = PretrainConfig.from_dict(values).validate()
     result = pretrain(cfg, address=args.address)
     m = result.metrics
@@ -143,6 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
                          help=f"{text} (default: {defaults[name]})")
     pre.add_argument("--use-gpu", action="store_true", help="one GPU per worker, NCCL")
     pre.add_argument("--sync-bn", action="store_true", help="BatchNorm statistics over all workers (GPU only)")
+    pre.add_argument("--compile", action="store_true", help="torch.compile the backbone (measured: bench/RESULTS.md)")
     pre.add_argument("--address", default=None, help="Ray cluster to join (default: a private local Ray)")
     pre.set_defaults(func=_pretrain)
 

@@ -35,3 +35,18 @@ def test_unknown_backbone():
     with pytest.raises(ConfigError, match="unknown backbone 'vgg'"):
         build_backbone("vgg")
     assert "vgg" not in BACKBONES
+
+
+def test_compiled_backbone_keeps_its_parameter_names_and_outputs():
+    """--compile compiles the backbone in place: checkpoints keep their keys, outputs stay the same."""
+    from rrdist.models import build_backbone
+
+    torch.manual_seed(0)
+    net = build_backbone("conv4").eval()
+    x = torch.randn(4, 3, 32, 32)
+    keys = list(net.state_dict())
+    want = net(x)
+    net.compile()
+    assert list(net.state_dict()) == keys
+    got = net(x)
+    assert torch.allclose(got, want, atol=1e-5)

@@ -27,6 +27,38 @@ class LinearSettings:
 
 def fit_linear(train_x: torch.Tensor, train_y: torch.Tensor, num_classes: int, settings: LinearSettings,
                device: torch.device) -> torch.nn.Linear:
+    """Adam on softmax cross-entropy, mini-batches of a fresh permutation each epoch.
+
+    The gradient of a linear layer under cross-entropy has a closed form, (softmax - onehot)^T x / B,
+    so each step is a few tensor operations with no autograd graph: the classifier trains in a
+    fraction of the time the same loop with autograd takes (`fit_linear_autograd`, the reference
+    the tests hold it to).
+    """
+    g = torch.Generator().manual_seed(settings.seed)
+    torch.manual_seed(settings.seed)
+    clf = torch.nn.Linear(train_x.shape[1], num_classes).to(device)
+    weight, bias = clf.weight, clf.bias
+    opt = torch.optim.Adam([weight, bias], lr=settings.lr, foreach=True)
+    x, y = train_x.to(device), train_y.to(device)
+    n = len(y)
+    with torch.no_grad():
+        for _ in range(settings.epochs):
+            order = torch.randperm(n, generator=g).to(device)
+            for start in range(0, n, settings.batch_size):
+                idx = order[start:start + settings.batch_size]
+                xb = x.index_select(0, idx)
+                err = torch.softmax(torch.addmm(bias, xb, weight.t()), dim=1)
+                err[torch.arange(len(idx), device=device), y.index_select(0, idx)] -= 1.0
+                err /= len(idx)
+                weight.grad = err.t().mm(xb)
+                bias.grad = err.sum(0)
+                opt.step()
+    return clf
+
+
+def fit_linear_autograd(train_x: torch.Tensor, train_y: torch.Tensor, num_classes: int, settings: LinearSettings,
+                        device: torch.device) -> torch.nn.Linear:
+    """The same training with autograd: the plain reference for `fit_linear`."""
     g = torch.Generator().manual_seed(settings.seed)
     torch.manual_seed(settings.seed)
     clf = torch.nn.Linear(train_x.shape[1], num_classes).to(device)

@@ -96,6 +96,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     if cfg.sync_bn:
         method = torch.nn.SyncBatchNorm.convert_sync_batchnorm(method)
         optimizer = rebind_optimizer(optimizer, method)
+    if cfg.compile:
+        method.backbone.compile()  # in place: parameter names (and checkpoints) stay as they are
     model = ray.train.torch.prepare_model(method) if world > 1 or cfg.use_gpu else method
     optimizer_to(optimizer, device)
 
