@@ -144,14 +144,14 @@ def main() -> None:
         ref = reference[(backbone_name, K)]
         rows.append({"backbone": backbone_name, "K": K, "M": args.M, "rrdist_step_s": round(ours, 4),
                      "reference_step_s": round(ref, 4), "ratio": round(ref / ours, 2), **pairs})
+        print(f"{backbone_name:9s} K={K:3d} M={args.M}: rrdist {ours * 1000:8.1f} ms/step | reference "
+              f"{ref * 1000:8.1f} ms/step | x{ref / ours:.1f}   pairs {pairs['pairs']} = {pairs['reference_pairs']}, "
+              f"positives {pairs['positive_share']:.2f} = {pairs['reference_positive_share']:.2f}")
         if args.compile:
             compiled = bench_rrdist(beton, backbone_name, K, args.M, args.cores, args.budget, compile=True)
             rows[-1].update(rrdist_compile_step_s=round(compiled, 4), compile_ratio=round(ref / compiled, 2))
             print(f"{backbone_name:9s} K={K:3d} M={args.M}: rrdist --compile {compiled * 1000:8.1f} ms/step | "
                   f"x{ref / compiled:.1f}")
-        print(f"{backbone_name:9s} K={K:3d} M={args.M}: rrdist {ours * 1000:8.1f} ms/step | reference "
-              f"{ref * 1000:8.1f} ms/step | x{ref / ours:.1f}   pairs {pairs['pairs']} = {pairs['reference_pairs']}, "
-              f"positives {pairs['positive_share']:.2f} = {pairs['reference_positive_share']:.2f}")
     record = {"benchmark": "step_time", "date": str(date.today()), "machine": platform.processor() or
               platform.machine(), "cores": args.cores, "torch": torch.__version__, "device": "cpu", "rows": rows}
     if args.json:
