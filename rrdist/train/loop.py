@@ -124,7 +124,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         model.train()
         start = time.perf_counter()
         kill = worker_kill_hook(fault, rank, epoch, run_dir)
-        sums = train_epoch(model, loader, augment, optimizer, cfg.K, generator, device, fault,
+        sums = train_epoch(model, loader, augment, optimizer, method.views_per_image, generator, device, fault,
                            precision=cfg.precision, on_step=kill)
         if world > 1:
             torch.distributed.all_reduce(sums)  # global metrics, not rank 0's share
