@@ -43,8 +43,10 @@ def run(root: Path, out: Path, K: int, workers: int, cores: int, epochs: int, M:
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
     last = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
     return {"K": K, "workers": workers, "cpus_per_worker": cores // workers, "M_per_worker": M,
-            "views_per_s": round(last["views_per_s"]), "step_s": round(last["epoch_time_s"] / last["steps"], 4),
-            "steps_per_worker": last["steps"]}
+            "views_per_s": round(last["views_per_s"]),
+            # metrics.jsonl sums steps over the workers; each worker ran steps / workers of them
+            "step_s": round(last["epoch_time_s"] / (last["steps"] / workers), 4),
+            "steps_per_worker": last["steps"] // workers}
 
 
 def main() -> None:
