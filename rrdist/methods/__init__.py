@@ -2,17 +2,25 @@
 
 from __future__ import annotations
 
+from rrdist.methods.random_weights import RandomWeights
 from rrdist.methods.relational import RelationalReasoning
+from rrdist.methods.rotation import RotationNet
+from rrdist.methods.simclr import SimCLR
+from rrdist.methods.supervised import Supervised
 
 METHODS = {
     "relational": RelationalReasoning,
+    "simclr": SimCLR,
+    "rotation": RotationNet,
+    "supervised": Supervised,
+    "random": RandomWeights,
 }
 
 
-def build_method(cfg):
+def build_method(cfg, num_classes: int = 10):
     from rrdist.errors import ConfigError
     from rrdist.models import build_backbone
 
     if cfg.method not in METHODS:
         raise ConfigError(f"unknown method '{cfg.method}': choose one of {', '.join(sorted(METHODS))}")
-    return METHODS[cfg.method](cfg, build_backbone(cfg.backbone))
+    return METHODS[cfg.method](cfg, build_backbone(cfg.backbone), num_classes)

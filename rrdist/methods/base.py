@@ -15,11 +15,14 @@ from rrdist.config import PretrainConfig
 
 class Method(nn.Module):
     backbone: nn.Module
+    augmentation = "kview"  # the views it trains on: "kview" (appendix A.3) or "crop_flip" (padded crop + flip)
+    trainable = True  # False: the initial backbone is saved without training (random weights)
 
-    def __init__(self, cfg: PretrainConfig, backbone: nn.Module) -> None:
+    def __init__(self, cfg: PretrainConfig, backbone: nn.Module, num_classes: int = 10) -> None:
         super().__init__()
         self.cfg = cfg
         self.backbone = backbone
+        self.num_classes = num_classes
 
     @property
     def views_per_image(self) -> int:
@@ -28,6 +31,9 @@ class Method(nn.Module):
 
     def configure_optimizer(self) -> torch.optim.Optimizer:
         return torch.optim.Adam(self.parameters(), lr=self.cfg.lr)
+
+    def on_epoch_start(self, epoch: int, optimizer: torch.optim.Optimizer) -> None:
+        """Called before every epoch (counted from 0), also after a resume: schedules live here."""
 
     def forward(self, views: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """views: [K * M, C, H, W], view-major; labels: [M] (unused by self-supervised methods)."""

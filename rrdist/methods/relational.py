@@ -80,8 +80,8 @@ def relation_scores(head: nn.Sequential, z: torch.Tensor, left: torch.Tensor, ri
 
 
 class RelationalReasoning(Method):
-    def __init__(self, cfg: PretrainConfig, backbone: nn.Module) -> None:
-        super().__init__(cfg, backbone)
+    def __init__(self, cfg: PretrainConfig, backbone: nn.Module, num_classes: int = 10) -> None:
+        super().__init__(cfg, backbone, num_classes)
         width = backbone.feature_size * (2 if cfg.aggregation == "cat" else 1)
         self.head = relation_head(width)
         self._pairs: dict[tuple[int, int, str], tuple[torch.Tensor, torch.Tensor]] = {}

@@ -27,6 +27,15 @@ def epoch_seed(seed: int, rank: int, epoch: int) -> int:
     return (seed * 1_000_003 + rank * 10_007 + epoch) % (2**63 - 1)
 
 
+def build_augment(kind: str, data: dict[str, Any]):
+    """The views a method trains on, with the dataset's image size and normalisation."""
+    from rrdist.data.augment import KViewAugment
+    from rrdist.data.crop_flip import CropFlip
+
+    kinds = {"kview": KViewAugment, "crop_flip": CropFlip}
+    return kinds[kind](data["image_size"], tuple(data["mean"]), tuple(data["std"]))
+
+
 def set_kernel_threads(n: int) -> None:
     """The fused CPU augmentation kernel uses numba's thread pool: keep it to this worker's CPUs."""
     import numba
@@ -45,6 +54,7 @@ def train_epoch(model: torch.nn.Module, loader, augment, optimizer: torch.optim.
         if on_step is not None:
             on_step(step)
         images = images.to(device, non_blocking=True)
+        labels = labels.to(device, non_blocking=True)
         views = augment(images, K, generator)
         with autocast:
             loss, metrics = model(views, labels)
@@ -68,7 +78,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     import ray.train.torch
     from torch.utils.tensorboard import SummaryWriter
 
-    from rrdist.data.augment import KViewAugment, view_generator
+    from rrdist.data.augment import view_generator
     from rrdist.data.loader import image_loader
     from rrdist.methods import build_method
     from rrdist.train.checkpoint import save_backbone, save_state
@@ -85,7 +95,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     device = ray.train.torch.get_device() if cfg.use_gpu else torch.device("cpu")
 
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank
-    method = build_method(cfg).to(memory_format=torch.channels_last)  # the views come channels-last too
+    method = build_method(cfg, data["num_classes"])
+    method = method.to(memory_format=torch.channels_last)  # the views come channels-last too
     optimizer = method.configure_optimizer()
     start_epoch = 0
     state = resume_state(ray.train.get_checkpoint(), run_dir, announce=rank == 0)
@@ -110,7 +121,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     loader.next_epoch = start_epoch
     torch.set_num_threads(cfg.cpus_per_worker)
     set_kernel_threads(cfg.cpus_per_worker)
-    augment = KViewAugment(data["image_size"], tuple(data["mean"]), tuple(data["std"]))
+    augment = build_augment(method.augmentation, data)
     generator = view_generator(0, device)
     method.generator = generator
 
@@ -119,8 +130,11 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         print(f"already complete: {start_epoch} of {cfg.epochs} epochs done")
     elif rank == 0 and start_epoch > 0:
         print(f"resuming from epoch {start_epoch}")
-    for epoch in range(start_epoch, cfg.epochs):
+    if not method.trainable and rank == 0:
+        print(f"{cfg.method}: nothing to train, saving the initial backbone")
+    for epoch in range(start_epoch, cfg.epochs if method.trainable else 0):
         generator.manual_seed(epoch_seed(cfg.seed, rank, epoch))
+        method.on_epoch_start(epoch, optimizer)
         model.train()
         start = time.perf_counter()
         kill = worker_kill_hook(fault, rank, epoch, run_dir)
@@ -161,7 +175,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         else:
             ray.train.report(metrics)
     if rank == 0:
-        save_backbone(run_dir, method.backbone, cfg.to_dict(), max(cfg.epochs, start_epoch))
+        save_backbone(run_dir, method.backbone, cfg.to_dict(), max(cfg.epochs, start_epoch) if method.trainable else 0)
         writer.close()
 
 

@@ -89,6 +89,7 @@ def pretrain(cfg: PretrainConfig, address: str | None = None, log=print, callbac
         "config": cfg.to_dict(), "run_dir": str(run_dir),
         "data": {"train": str(split_path(manifest, "train")), "image_size": manifest["image_size"],
                  "mean": manifest["mean"], "std": manifest["std"], "uri": cfg.data_uri,
+                 "num_classes": manifest["num_classes"],
                  "dataset": cfg.dataset, "root": str(Path(cfg.root).resolve())},
         "fault": os.environ.get("RRDIST_FAULT"),
     }

@@ -1,0 +1,44 @@
+"""RotationNet (Gidaris et al., 2018) as the paper's baseline (appendix A.5).
+
+Each image of the mini-batch (128 in the paper: `--batch-size 128`), randomly cropped (4 pixels
+of padding) and flipped, is shown at 0, 90, 180 and 270 degrees (a batch of 4 x 128), and a
+4-way classifier predicts the rotation; cross-entropy, Adam 1e-3. The classifier has the
+relation head's shape (Linear 256 - BatchNorm - LeakyReLU - Linear), as the paper gives every
+self-supervised baseline the same head size; Gidaris et al. put a small classifier on the
+features too.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from rrdist.config import PretrainConfig
+from rrdist.methods.base import Method
+from rrdist.methods.simclr import projection_head
+
+ROTATIONS = 4
+
+
+def rotations(views: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """[M, C, S, S] -> the four rotations [4M, C, S, S] (block r turned r * 90 degrees counter-clockwise)
+    and their labels [4M]."""
+    turned = torch.cat([torch.rot90(views, r, dims=(2, 3)) for r in range(ROTATIONS)])
+    labels = torch.arange(ROTATIONS, device=views.device).repeat_interleave(views.shape[0])
+    return turned, labels
+
+
+class RotationNet(Method):
+    augmentation = "crop_flip"
+
+    def __init__(self, cfg: PretrainConfig, backbone: nn.Module, num_classes: int = 10) -> None:
+        super().__init__(cfg, backbone, num_classes)
+        self.head = projection_head(backbone.feature_size, out=ROTATIONS)
+
+    def forward(self, views: torch.Tensor, labels: torch.Tensor):
+        turned, targets = rotations(views)
+        logits = self.head(self.backbone(turned.contiguous(memory_format=torch.channels_last)))
+        loss = F.cross_entropy(logits, targets)
+        acc = (logits.argmax(dim=1) == targets).float().mean()
+        return loss, {"loss": loss.detach(), "pair_acc": acc.detach()}
