@@ -35,6 +35,7 @@ PRETRAIN_FLAGS = {  # config field -> (type, help); the flag is --field-with-das
     "K": (int, "augmented views per image"),
     "gamma": (float, "focal factor of the loss; 0 is plain BCE"),
     "aggregation": (str, "cat, sum, mean or max"),
+    "head": (str, "relation, or the Table 14 ablations dot (dot product of the features) and encoder_dot"),
     "batch_size": (int, "images per worker mini-batch (M)"),
     "lr": (float, "Adam learning rate"),
     "epochs": (int, "total epochs (may grow when resuming)"),

@@ -25,6 +25,7 @@ def read_yaml(path: str | Path, missing_hint: str) -> Any:
     except yaml.YAMLError as e:
         raise ConfigError(f"{path} is not valid YAML ({first_line(e)}): fix its syntax") from None
 PRECISIONS = ("fp32", "bf16")
+HEADS = ("relation", "dot", "encoder_dot")
 
 
 @dataclass
@@ -38,6 +39,7 @@ class PretrainConfig:
     K: int = 32
     gamma: float = 2.0
     aggregation: str = "cat"
+    head: str = "relation"  # relation, or the Table 14 ablations dot / encoder_dot
     batch_size: int = 64  # per worker: pairs are built within each worker's mini-batch
     lr: float = 1e-3
     epochs: int = 200
@@ -73,6 +75,7 @@ class PretrainConfig:
         need(self.backbone in BACKBONES, f"unknown backbone '{self.backbone}': choose one of {', '.join(BACKBONES)}")
         need(self.aggregation in AGGREGATIONS,
              f"unknown aggregation '{self.aggregation}': choose one of {', '.join(AGGREGATIONS)}")
+        need(self.head in HEADS, f"unknown head '{self.head}': choose one of {', '.join(HEADS)}")
         need(self.K >= 2, f"K must be at least 2 (got {self.K}): relational reasoning pairs views of one image, pass --K 2 or more")
         need(self.batch_size >= 2, f"batch size must be at least 2 (got {self.batch_size}): negatives pair different images, pass --batch-size 2 or more")
         need(math.isfinite(self.gamma) and self.gamma >= 0, f"gamma must be >= 0 (got {self.gamma}): pass --gamma 0 for plain BCE or e.g. --gamma 2")

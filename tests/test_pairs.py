@@ -113,3 +113,25 @@ def test_relation_scores_equal_the_head_on_the_pair_matrix(how):
     assert torch.allclose(fast, plain, atol=1e-10)
     for a, b in zip(grads_fast, grads_plain):
         assert torch.allclose(a, b, atol=1e-9)
+
+
+@pytest.mark.parametrize("head", ["dot", "encoder_dot"])
+def test_dot_product_heads_score_pairs_as_written_out(head):
+    """Table 14 ablations: the pair's score is the dot product of the two (encoded) representations."""
+    torch.manual_seed(0)
+    M, K = 6, 3
+    method = RelationalReasoning(PretrainConfig(K=K, batch_size=M, head=head), Conv4()).eval()
+    assert not hasattr(method, "head")
+    z = torch.randn(K * M, 64)
+    method.generator = torch.Generator().manual_seed(5)
+    logits, targets = method.relation_logits(z, M, K)
+    left, right = positive_pairs(M, K)
+    neg = negative_partners(right, M, torch.Generator().manual_seed(5))
+    e = method.encoder(z) if head == "encoder_dot" else z
+    want = [float(e[a] @ e[b]) for a, b in zip(torch.cat([left, left]).tolist(), torch.cat([right, neg]).tolist())]
+    assert torch.allclose(logits, torch.tensor(want), atol=1e-4)
+    assert targets.sum() == len(targets) / 2
+    method.train()
+    loss, _ = method(torch.randn(K * M, 3, 32, 32), None)
+    loss.backward()
+    assert all(p.grad is not None for p in method.backbone.parameters())

@@ -109,6 +109,27 @@ def test_shipped_spaces_are_valid():
         assert spec.trial_count() >= 1
     k_gamma = load(Path(__file__).parent.parent / "tune_spaces" / "k_gamma.yaml")
     assert k_gamma.trial_count() == 5 * 4 * 3
+    paper = load(Path(__file__).parent.parent / "tune_spaces" / "paper_linear.yaml")
+    assert set(paper.axes["method"]["grid"]) >= {"relational", "simclr", "rotation", "supervised", "random"}
+    heads = load(Path(__file__).parent.parent / "tune_spaces" / "ablations_head.yaml")
+    aggregations = load(Path(__file__).parent.parent / "tune_spaces" / "ablations.yaml")
+    assert set(heads.axes["head"]["grid"]) == {"relation", "dot", "encoder_dot"}
+    assert set(aggregations.axes["aggregation"]["grid"]) == {"sum", "mean", "max", "cat"}
+
+
+def test_per_method_settings_apply_to_that_method_only(tmp_path):
+    from rrdist.errors import ConfigError
+    from rrdist.tune.space import parse
+
+    spec = parse({"fixed": {"batch_size": 64, "dataset": "digits"},
+                  "axes": {"method": {"grid": ["relational", "simclr"]}},
+                  "per_method": {"simclr": {"batch_size": 128}}})
+    configs = {p["method"]: spec.trial_config(p, 0, "data", "out") for p in spec.grid_points()}
+    assert configs["simclr"].batch_size == 128 and configs["relational"].batch_size == 64
+    with pytest.raises(ConfigError, match="per_method.nosuch"):
+        parse({"axes": {"method": {"grid": ["simclr"]}}, "per_method": {"nosuch": {"batch_size": 8}}})
+    with pytest.raises(ConfigError, match="is also an axis"):
+        parse({"axes": {"batch_size": {"grid": [8, 16]}}, "per_method": {"simclr": {"batch_size": 8}}})
 
 
 @pytest.mark.usefixtures("ray_session")

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from rrdist.config import PretrainConfig
 from rrdist.losses import focal_bce_with_logits
 from rrdist.methods.base import Method
-from rrdist.models.heads import relation_head
+from rrdist.models.heads import mlp_head, relation_head
 
 
 def positive_pairs(M: int, K: int, device: torch.device | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -83,7 +83,10 @@ class RelationalReasoning(Method):
     def __init__(self, cfg: PretrainConfig, backbone: nn.Module, num_classes: int = 10) -> None:
         super().__init__(cfg, backbone, num_classes)
         width = backbone.feature_size * (2 if cfg.aggregation == "cat" else 1)
-        self.head = relation_head(width)
+        if cfg.head == "relation":
+            self.head = relation_head(width)
+        elif cfg.head == "encoder_dot":  # Table 14 (b): each representation encoded again, then a dot product
+            self.encoder = mlp_head(backbone.feature_size, backbone.feature_size)
         self._pairs: dict[tuple[int, int, str], tuple[torch.Tensor, torch.Tensor]] = {}
         self.generator: torch.Generator | None = None  # set by the worker loop for reproducible negatives
 
@@ -102,7 +105,11 @@ class RelationalReasoning(Method):
         neg_right = negative_partners(right, M, self.generator)
         all_left = torch.cat([left, left])
         all_right = torch.cat([right, neg_right])
-        logits = relation_scores(self.head, z, all_left, all_right, self.cfg.aggregation)
+        if self.cfg.head == "relation":
+            logits = relation_scores(self.head, z, all_left, all_right, self.cfg.aggregation)
+        else:  # Table 14 ablations: no aggregation, a dot product scores the pair
+            e = self.encoder(z) if self.cfg.head == "encoder_dot" else z
+            logits = (e.index_select(0, all_left) * e.index_select(0, all_right)).sum(dim=1)
         targets = torch.cat([torch.ones_like(left, dtype=z.dtype), torch.zeros_like(left, dtype=z.dtype)])
         return logits, targets
 

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from rrdist.config import PretrainConfig
 from rrdist.methods.base import Method
-from rrdist.methods.simclr import projection_head
+from rrdist.models.heads import mlp_head
 
 ROTATIONS = 4
 
@@ -34,7 +34,7 @@ class RotationNet(Method):
 
     def __init__(self, cfg: PretrainConfig, backbone: nn.Module, num_classes: int = 10) -> None:
         super().__init__(cfg, backbone, num_classes)
-        self.head = projection_head(backbone.feature_size, out=ROTATIONS)
+        self.head = mlp_head(backbone.feature_size, ROTATIONS)
 
     def forward(self, views: torch.Tensor, labels: torch.Tensor):
         turned, targets = rotations(views)

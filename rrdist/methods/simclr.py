@@ -21,11 +21,9 @@ import torch.nn.functional as F
 
 from rrdist.config import PretrainConfig
 from rrdist.methods.base import Method
+from rrdist.models.heads import mlp_head
 
-
-def projection_head(in_features: int, hidden: int = 256, out: int = 64) -> nn.Sequential:
-    return nn.Sequential(nn.Linear(in_features, hidden), nn.BatchNorm1d(hidden), nn.LeakyReLU(),
-                         nn.Linear(hidden, out))
+PROJECTION = 64  # output size of the projection head
 
 
 def gather_with_grad(z: torch.Tensor) -> tuple[torch.Tensor, int]:
@@ -59,7 +57,7 @@ class SimCLR(Method):
 
     def __init__(self, cfg: PretrainConfig, backbone: nn.Module, num_classes: int = 10) -> None:
         super().__init__(cfg, backbone, num_classes)
-        self.head = projection_head(backbone.feature_size)
+        self.head = mlp_head(backbone.feature_size, PROJECTION)
 
     @property
     def views_per_image(self) -> int:

@@ -12,6 +12,8 @@ trial: {workers: 1, cpus_per_worker: 1, gpus_per_worker: 0}   # per trial; fract
 concurrency: 2                 # trials at once (0: as many as the cluster fits)
 scheduler: fifo                # or {asha: {metric: loss, mode: min, grace_period: 5, reduction_factor: 2}}
 evaluations: {linear: {epochs: 100}, linear_random: {epochs: 100}}
+per_method:                    # settings of one method's trials (over 'fixed'), e.g. its paper batch size
+  simclr: {batch_size: 128}
 ```
 """
 
@@ -27,7 +29,8 @@ from typing import Any
 from rrdist.config import PretrainConfig, read_yaml
 from rrdist.errors import ConfigError
 
-TOP_KEYS = ("name", "fixed", "axes", "seeds", "samples", "trial", "concurrency", "scheduler", "evaluations")
+TOP_KEYS = ("name", "fixed", "axes", "seeds", "samples", "trial", "concurrency", "scheduler", "evaluations",
+            "per_method")
 AXIS_KINDS = ("grid", "choice", "uniform", "loguniform")
 TRIAL_KEYS = {"workers": int, "cpus_per_worker": int, "gpus_per_worker": float, "loader_workers": int}
 # Set by the sweep itself, not by a space: where trials live and what resources they get.
@@ -48,17 +51,20 @@ class SweepSpec:
     concurrency: int = 0
     scheduler: dict[str, Any] | None = None  # None: FIFO; else ASHA settings
     evaluations: dict[str, dict[str, Any]] = field(default_factory=lambda: {"linear": {}})
+    per_method: dict[str, dict[str, Any]] = field(default_factory=dict)
     source: str = "space"
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "fixed": self.fixed, "axes": self.axes, "seeds": self.seeds,
                 "samples": self.samples, "trial": self.trial, "concurrency": self.concurrency,
                 "scheduler": {"asha": self.scheduler} if self.scheduler else "fifo",
-                "evaluations": self.evaluations}
+                "evaluations": self.evaluations, "per_method": self.per_method}
 
     def trial_config(self, values: dict[str, Any], seed: int, root: str, out: str) -> PretrainConfig:
         gpus = float(self.trial.get("gpus_per_worker", 0) or 0)
-        data = {**self.fixed, **values, "seed": seed, "root": root, "out": out,
+        method = values.get("method", self.fixed.get("method", PretrainConfig.method))
+        data = {**self.fixed, **self.per_method.get(method, {}), **values,
+                "seed": seed, "root": root, "out": out,
                 "workers": self.trial.get("workers", 1), "cpus_per_worker": self.trial.get("cpus_per_worker", 1),
                 "use_gpu": gpus > 0, "gpus_per_worker": gpus if gpus > 0 else 1.0}
         if "loader_workers" in self.trial:
@@ -122,6 +128,25 @@ def parse(data: Any, source: str = "space", default_name: str = "sweep") -> Swee
         if key in fixed:
             _fail(source, where, "is also in 'fixed': keep it in one place")
 
+    per_method = data.get("per_method") or {}
+    if not isinstance(per_method, dict):
+        _fail(source, "per_method", "must be a mapping of method: {setting: value}")
+    from rrdist.methods import METHODS
+
+    for method, settings in per_method.items():
+        if method not in METHODS:
+            _fail(source, f"per_method.{method}", f"is not a method: use {', '.join(sorted(METHODS))}")
+        if not isinstance(settings, dict):
+            _fail(source, f"per_method.{method}", "must be a mapping of settings")
+        for key in settings:
+            where = f"per_method.{method}.{key}"
+            if key not in config_keys or key == "method":
+                _fail(source, where, "is not a setting a method's trials can change")
+            if key in NOT_SWEEPABLE:
+                _fail(source, where, "is set by the sweep itself (see 'trial', 'seeds' and --root)")
+            if key in axes:
+                _fail(source, where, "is also an axis: keep it in one place")
+
     seeds = data.get("seeds", 1)
     if isinstance(seeds, bool) or not (isinstance(seeds, int) and seeds >= 1 or
                                        isinstance(seeds, list) and seeds and all(isinstance(s, int) for s in seeds)):
@@ -179,7 +204,7 @@ def parse(data: Any, source: str = "space", default_name: str = "sweep") -> Swee
 
     spec = SweepSpec(name=str(data.get("name") or default_name), fixed=fixed, axes=axes, seeds=seed_list,
                      samples=samples, trial=trial, concurrency=concurrency, scheduler=scheduler,
-                     evaluations=evaluations, source=source)
+                     evaluations=evaluations, per_method=per_method, source=source)
     for point in spec.grid_points():  # every grid point must be a valid run
         try:
             spec.trial_config(point, seed_list[0], root="data", out="runs/x").validate()
