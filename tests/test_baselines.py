@@ -53,29 +53,34 @@ def reference_cross_entropy(logits, targets):
     return total / len(targets)
 
 
-@pytest.mark.parametrize("name", ["rotation", "supervised"])
+@pytest.mark.parametrize("name", ["rotation", "supervised", "deepcluster"])
 def test_loss_is_cross_entropy_written_out(name):
     torch.manual_seed(0)
     method = build_method(PretrainConfig(method=name, batch_size=4)).double().eval()
     views = torch.randn(4, 3, 32, 32, dtype=torch.float64)
-    labels = torch.tensor([3, 1, 0, 9])
+    labels = torch.tensor([3, 1, 0, 9]) * (9 if name == "deepcluster" else 1)  # deepcluster: 100 pseudo-classes
     loss, _ = method(views, labels)
     if name == "rotation":
         turned, targets = rotations(views)
         logits = method.head(method.backbone(turned))
+    elif name == "deepcluster":
+        logits, targets = method.head(method.backbone(views)), labels
     else:
         logits, targets = method.classifier(method.backbone(views)), labels
     assert abs(float(loss) - reference_cross_entropy(logits, targets)) < 1e-9
 
 
-@pytest.mark.parametrize("name", ["rotation", "supervised", "simclr"])
+@pytest.mark.parametrize("name", ["rotation", "supervised", "simclr", "deepcluster", "infomax"])
 def test_training_steps_change_the_backbone_and_lower_the_loss(name):
     torch.manual_seed(0)
     method = build_method(PretrainConfig(method=name, batch_size=8, epochs=4))
     optimizer = method.configure_optimizer()
-    method.on_epoch_start(0, optimizer)
+    if name == "deepcluster":
+        method.on_epoch_start(0, optimizer, FixedImages(torch.randn(300, 64, generator=torch.Generator().manual_seed(2))))
+    else:
+        method.on_epoch_start(0, optimizer)
     views = torch.randn(8 * method.views_per_image, 3, 32, 32, generator=torch.Generator().manual_seed(1))
-    labels = torch.arange(8) % 10
+    labels = method.targets(torch.arange(8) % 10, torch.arange(8))
     before = [p.detach().clone() for p in method.backbone.parameters()]
     losses = []
     for _ in range(10):
@@ -121,18 +126,19 @@ def test_every_method_runs_through_a_sweep(tmp_path, digits_root):
     space = tmp_path / "methods.yaml"
     space.write_text(yaml.safe_dump({
         "name": "methods", "fixed": {"dataset": "digits", "backbone": "conv4", "epochs": 1, "batch_size": 32, "K": 3},
-        "axes": {"method": {"grid": ["relational", "simclr", "rotation", "supervised", "random"]}},
+        "axes": {"method": {"grid": ["relational", "simclr", "rotation", "supervised", "deepcluster", "infomax",
+                                      "random"]}},
         "trial": {"workers": 1, "cpus_per_worker": 1}, "concurrency": 2, "evaluations": {"linear": {"epochs": 5}}}))
     sweep_dir = run_sweep(space, root=str(digits_root), out=tmp_path / "sweeps", log=lambda *a: None)
     trials = {t["config"]["method"]: t for t in
               (json.loads(p.read_text()) for p in (sweep_dir / "trials").glob("*/trial.json"))}
-    assert sorted(trials) == ["random", "relational", "rotation", "simclr", "supervised"]
+    assert sorted(trials) == ["deepcluster", "infomax", "random", "relational", "rotation", "simclr", "supervised"]
     for method, t in trials.items():
         assert t["status"] == "completed", (method, t.get("error"))
         assert 0.0 < t["metrics"]["linear_acc"] <= 1.0
     random_run = sweep_dir / "trials" / trials["random"]["trial"]
     assert torch.load(random_run / "backbone.pt", weights_only=True)["epoch"] == 0
-    for method in ("simclr", "rotation", "supervised"):
+    for method in ("simclr", "rotation", "supervised", "deepcluster", "infomax"):
         metrics = (sweep_dir / "trials" / trials[method]["trial"] / "metrics.jsonl").read_text().splitlines()
         assert json.loads(metrics[-1])["epoch"] == 1
 
@@ -149,3 +155,82 @@ def test_rrdist_pretrain_method_flag(tmp_path, digits_root):
     assert done.returncode == 0, done.stderr[-2000:]
     assert "done: 1 epochs" in done.stdout
     assert (out / "backbone.pt").is_file()
+
+
+def test_deepcluster_clustering_recovers_separated_groups():
+    from sklearn.metrics import normalized_mutual_info_score
+
+    from rrdist.methods.deepcluster import cluster
+
+    rng = torch.Generator().manual_seed(0)
+    centres = torch.randn(5, 16, generator=rng) * 10
+    truth = torch.arange(200) % 5
+    features = (centres[truth] + torch.randn(200, 16, generator=rng)).double().numpy()
+    labels = cluster(features, 5, seed=0)
+    assert normalized_mutual_info_score(truth.numpy(), labels) > 0.99
+
+
+class FixedImages:
+    """Stands in for the loop's TrainingImages: the same features every epoch, in file order."""
+
+    def __init__(self, features):
+        self.feats, self.count = features, len(features)
+
+    def features(self, backbone):
+        return self.feats
+
+
+def test_deepcluster_epoch_start_assigns_pseudo_labels_and_resets_its_head():
+    torch.manual_seed(0)
+    method = build_method(PretrainConfig(method="deepcluster", batch_size=8), num_classes=2)
+    assert method.needs_indices and method.clusters == 20
+    optimizer = method.configure_optimizer()
+    feats = torch.randn(100, 64, generator=torch.Generator().manual_seed(1))
+    method.on_epoch_start(0, optimizer, FixedImages(feats))
+    first = method.pseudo_labels.clone()
+    assert first.shape == (100,) and int(first.max()) < 20 and len(first.unique()) > 10
+    assert math.isnan(method.epoch_metrics()["nmi"])
+    # One step, then a new epoch: the head starts again, Adam forgets its moments, NMI is logged.
+    views = torch.randn(8, 3, 32, 32)
+    idx = torch.arange(8) * 3
+    loss, _ = method(views, method.targets(torch.zeros(8, dtype=torch.long), idx))
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+    trained_head = method.head[0].weight.detach().clone()
+    method.on_epoch_start(1, optimizer, FixedImages(feats))
+    assert not torch.equal(method.head[0].weight, trained_head)
+    assert all(p not in optimizer.state for p in method.head.parameters())
+    assert 0.0 <= method.epoch_metrics()["nmi"] <= 1.0
+    assert torch.equal(method.targets(None, idx), method.pseudo_labels[idx])
+
+
+def test_local_infomax_loss_matches_the_written_out_estimator():
+    from rrdist.methods.infomax import local_jsd_loss
+
+    g = torch.Generator().manual_seed(0)
+    glob = torch.randn(3, 4, generator=g, dtype=torch.float64)
+    local = torch.randn(3, 4, 5, generator=g, dtype=torch.float64)
+    softplus = lambda v: math.log1p(math.exp(v))  # noqa: E731
+    pos, neg = [], []
+    for n in range(3):
+        for m in range(3):
+            for p in range(5):
+                s = float(glob[n] @ local[m, :, p])
+                (pos if n == m else neg).append(softplus(-s) if n == m else softplus(s))
+    want = sum(pos) / len(pos) + sum(neg) / len(neg)
+    assert abs(float(local_jsd_loss(glob, local)) - want) < 1e-10
+
+
+@pytest.mark.parametrize("backbone", ["conv4", "resnet8"])
+def test_infomax_reads_an_8x8_local_map_and_its_gradient_reverses_for_the_prior(backbone):
+    torch.manual_seed(0)
+    method = build_method(PretrainConfig(method="infomax", backbone=backbone, batch_size=4))
+    method(torch.randn(4, 3, 32, 32), None)
+    assert method._local.shape[-2:] == (8, 8)
+    # The encoder's gradient through the prior term is the opposite of the discriminator's view of it.
+    from rrdist.methods.infomax import _Reverse
+
+    x = torch.randn(5, requires_grad=True)
+    (_Reverse.apply(x) * 2).sum().backward()
+    assert torch.equal(x.grad, torch.full((5,), -2.0))

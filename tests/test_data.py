@@ -154,3 +154,17 @@ def test_kept_batches_stay_intact(digits_root):
     loader = image_loader(split_path(manifest, "test"), 64, train=False, drop_last=False)
     kept = [y for _, y in loader]  # no clone: the loader's labels must already be safe to keep
     assert np.array_equal(torch.cat(kept).numpy(), read_digits(None, False, None)["test"].labels)
+
+
+def test_loader_gives_each_images_position_in_the_split(tmp_path):
+    """Indices (for methods that label images, e.g. DeepCluster) point at the images drawn."""
+    manifest = prepare("digits", tmp_path, **QUIET)
+    truth = read_digits(None, False, None)["train"]
+    ordered = image_loader(split_path(manifest, "train"), 100, train=False, drop_last=False, indices=True)
+    idx = torch.cat([i for _, _, i in ordered])
+    assert torch.equal(idx, torch.arange(len(truth.labels)))
+    shuffled = image_loader(split_path(manifest, "train"), 64, train=True, seed=3, indices=True)
+    images, labels, idx = next(iter(shuffled))
+    assert not torch.equal(idx, torch.arange(64))  # a random order ...
+    assert torch.equal(labels, torch.from_numpy(truth.labels[idx.numpy()]).long())  # ... of the right images
+    assert np.array_equal(images.numpy(), truth.images[idx.numpy()])

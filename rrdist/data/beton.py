@@ -19,7 +19,7 @@ from rrdist import atomic
 from rrdist.data.datasets import Split, get_spec
 from rrdist.errors import DataError
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: an `index` field (position in the split), for methods that label images
 
 
 def beton_dir(dataset: str, root: str | os.PathLike) -> Path:
@@ -38,15 +38,15 @@ def _write_split(path: Path, split: Split, num_workers: int) -> None:
     from ffcv.fields import IntField, RGBImageField
     from ffcv.writer import DatasetWriter
 
-    class Indexed:  # FFCV's writer takes any indexable of (image, label)
+    class Indexed:  # FFCV's writer takes any indexable of (image, label, index)
         def __len__(self) -> int:
             return len(split.labels)
 
         def __getitem__(self, i: int):
-            return split.images[i], int(split.labels[i])
+            return split.images[i], int(split.labels[i]), i
 
     # Small images are stored raw: decoding raw pixels is several times faster than JPEG.
-    fields = {"image": RGBImageField(write_mode="raw"), "label": IntField()}
+    fields = {"image": RGBImageField(write_mode="raw"), "label": IntField(), "index": IntField()}
     with atomic.atomic_path(path) as tmp:
         DatasetWriter(str(tmp), fields, num_workers=num_workers).from_indexed_dataset(Indexed())
 

@@ -10,8 +10,11 @@ from rrdist.errors import DataError, first_line
 
 
 def image_loader(path: str | Path, batch_size: int, *, train: bool, num_workers: int = 1, seed: int = 0,
-                 distributed: bool = False, device: torch.device | None = None, drop_last: bool | None = None):
+                 distributed: bool = False, device: torch.device | None = None, drop_last: bool | None = None,
+                 indices: bool = False):
     """An FFCV Loader over a .beton: random order (seeded per epoch) for training, sequential otherwise.
+
+    With `indices=True` each batch also carries the images' positions in the split (file order).
 
     With `distributed=True` FFCV shards by rank (torch.distributed must be initialised); every
     rank passes the same seed so the shards partition one shared permutation.
@@ -22,35 +25,40 @@ def image_loader(path: str | Path, batch_size: int, *, train: bool, num_workers:
 
     image = [SimpleRGBImageDecoder(), ToTensor()]
     label = [IntDecoder(), ToTensor()]
+    index = [IntDecoder(), ToTensor()] if indices else None  # None: the field is not decoded
     if device is not None and device.type == "cuda":
         image.append(ToDevice(device, non_blocking=True))
         label.append(ToDevice(device, non_blocking=True))
+        if index is not None:
+            index.append(ToDevice(device, non_blocking=True))
     threads = torch.get_num_threads()
     try:
         loader = Loader(
             str(path), batch_size=batch_size, num_workers=num_workers,
             order=OrderOption.RANDOM if train else OrderOption.SEQUENTIAL,
             os_cache=True, drop_last=train if drop_last is None else drop_last,
-            pipelines={"image": image, "label": label}, distributed=distributed, seed=seed,
+            pipelines={"image": image, "label": label, "index": index}, distributed=distributed, seed=seed,
             batches_ahead=3)
     except Exception as e:  # FFCV raises assorted errors on unreadable files
         raise DataError(f"cannot read {path} ({type(e).__name__}: {first_line(e)}): "
                         f"it may be corrupt, run `rrdist data prepare ... --force`") from None
     finally:
         torch.set_num_threads(threads)  # FFCV's Loader changes the process-wide thread count
-    return Batches(loader)
+    return Batches(loader, indices)
 
 
 class Batches:
-    """An FFCV Loader yielding (uint8 images [B, H, W, 3], int64 labels [B]).
+    """An FFCV Loader yielding (uint8 images [B, H, W, 3], int64 labels [B]), plus int64 indices [B]
+    when asked for.
 
     FFCV reuses its output buffers: an image batch is valid until the next one is drawn, so use
     it at once (or clone it). Labels are copied, since callers keep them. FFCV's Squeeze would
     turn a last batch of one label into a 0-d tensor; flattening does not.
     """
 
-    def __init__(self, loader) -> None:
+    def __init__(self, loader, indices: bool = False) -> None:
         self.loader = loader
+        self.indices = indices
 
     def __len__(self) -> int:
         return len(self.loader)
@@ -64,5 +72,8 @@ class Batches:
         self.loader.next_epoch = epoch
 
     def __iter__(self):
-        for images, labels in self.loader:
-            yield images, labels.reshape(-1).clone()
+        for batch in self.loader:
+            if self.indices:
+                yield batch[0], batch[1].reshape(-1).clone(), batch[2].reshape(-1).clone()
+            else:
+                yield batch[0], batch[1].reshape(-1).clone()

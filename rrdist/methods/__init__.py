@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from rrdist.methods.deepcluster import DeepCluster
+from rrdist.methods.infomax import DeepInfoMax
 from rrdist.methods.random_weights import RandomWeights
 from rrdist.methods.relational import RelationalReasoning
 from rrdist.methods.rotation import RotationNet
@@ -13,6 +15,8 @@ METHODS = {
     "simclr": SimCLR,
     "rotation": RotationNet,
     "supervised": Supervised,
+    "deepcluster": DeepCluster,
+    "infomax": DeepInfoMax,
     "random": RandomWeights,
 }
 

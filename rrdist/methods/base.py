@@ -17,6 +17,7 @@ class Method(nn.Module):
     backbone: nn.Module
     augmentation = "kview"  # the views it trains on: "kview" (appendix A.3) or "crop_flip" (padded crop + flip)
     trainable = True  # False: the initial backbone is saved without training (random weights)
+    needs_indices = False  # True: each step's targets come from `targets(labels, image indices)`
 
     def __init__(self, cfg: PretrainConfig, backbone: nn.Module, num_classes: int = 10) -> None:
         super().__init__()
@@ -32,8 +33,19 @@ class Method(nn.Module):
     def configure_optimizer(self) -> torch.optim.Optimizer:
         return torch.optim.Adam(self.parameters(), lr=self.cfg.lr)
 
-    def on_epoch_start(self, epoch: int, optimizer: torch.optim.Optimizer) -> None:
-        """Called before every epoch (counted from 0), also after a resume: schedules live here."""
+    def on_epoch_start(self, epoch: int, optimizer: torch.optim.Optimizer, images=None) -> None:
+        """Called before every epoch (counted from 0), also after a resume: schedules live here.
+
+        `images` gives access to the un-augmented training images (`TrainingImages`).
+        """
+
+    def targets(self, labels: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+        """The step's targets from the batch's labels and training-image indices (`needs_indices`)."""
+        return labels
+
+    def epoch_metrics(self) -> dict[str, float]:
+        """Extra figures logged with each epoch's metrics."""
+        return {}
 
     def forward(self, views: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """views: [K * M, C, H, W], view-major; labels: [M] (unused by self-supervised methods)."""

@@ -34,7 +34,7 @@ class Supervised(Method):
     def configure_optimizer(self) -> torch.optim.Optimizer:
         return torch.optim.SGD(self.parameters(), lr=self.lr, momentum=0.9, weight_decay=5e-4)
 
-    def on_epoch_start(self, epoch: int, optimizer: torch.optim.Optimizer) -> None:
+    def on_epoch_start(self, epoch: int, optimizer: torch.optim.Optimizer, images=None) -> None:
         for group in optimizer.param_groups:
             group["lr"] = step_lr(self.lr, epoch, self.cfg.epochs)
 

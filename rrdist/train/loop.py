@@ -27,6 +27,29 @@ def epoch_seed(seed: int, rank: int, epoch: int) -> int:
     return (seed * 1_000_003 + rank * 10_007 + epoch) % (2**63 - 1)
 
 
+class TrainingImages:
+    """The un-augmented training images, for methods that look at all of them (DeepCluster)."""
+
+    def __init__(self, data: dict[str, Any], device: torch.device) -> None:
+        self.data, self.device = data, device
+
+    @property
+    def count(self) -> int:
+        from ffcv.reader import Reader
+
+        return int(Reader(str(self.data["train"])).num_samples)
+
+    def features(self, backbone: torch.nn.Module) -> torch.Tensor:
+        """Features [N, D] of every training image in file order (eval mode, no augmentation)."""
+        from rrdist.eval.features import extract
+
+        was_training = backbone.training
+        try:
+            return extract(backbone, Path(self.data["train"]), self.data, self.device)[0]
+        finally:
+            backbone.train(was_training)
+
+
 def build_augment(kind: str, data: dict[str, Any]):
     """The views a method trains on, with the dataset's image size and normalisation."""
     from rrdist.data.augment import KViewAugment
@@ -46,15 +69,20 @@ def set_kernel_threads(n: int) -> None:
 def train_epoch(model: torch.nn.Module, loader, augment, optimizer: torch.optim.Optimizer, K: int,
                 generator: torch.Generator, device: torch.device, fault: str | None = None,
                 trace: list[float] | None = None, precision: str = "fp32",
-                on_step=None) -> torch.Tensor:
-    """One pass over the loader; returns the device-side sums [loss, acc, steps, nonfinite, views]."""
+                on_step=None, targets=None) -> torch.Tensor:
+    """One pass over the loader; returns the device-side sums [loss, acc, steps, nonfinite, views].
+
+    `targets(labels, indices)`, when given, makes each step's targets (the loader then yields indices).
+    """
     sums = torch.zeros(5, device=device, dtype=torch.float64)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
-    for step, (images, labels) in enumerate(loader):
+    for step, batch in enumerate(loader):
         if on_step is not None:
             on_step(step)
-        images = images.to(device, non_blocking=True)
-        labels = labels.to(device, non_blocking=True)
+        images = batch[0].to(device, non_blocking=True)
+        labels = batch[1].to(device, non_blocking=True)
+        if targets is not None:
+            labels = targets(labels, batch[2].to(device, non_blocking=True))
         views = augment(images, K, generator)
         with autocast:
             loss, metrics = model(views, labels)
@@ -117,7 +145,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
 
         stage(data["uri"], data["dataset"], data["root"], log=print if rank == 0 else (lambda *a: None))
     loader = image_loader(data["train"], cfg.batch_size, train=True, num_workers=cfg.loader_workers,
-                          seed=cfg.seed, distributed=world > 1, device=device)
+                          seed=cfg.seed, distributed=world > 1, device=device, indices=method.needs_indices)
+    images = TrainingImages(data, device)
     loader.next_epoch = start_epoch
     torch.set_num_threads(cfg.cpus_per_worker)
     set_kernel_threads(cfg.cpus_per_worker)
@@ -134,12 +163,13 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         print(f"{cfg.method}: nothing to train, saving the initial backbone")
     for epoch in range(start_epoch, cfg.epochs if method.trainable else 0):
         generator.manual_seed(epoch_seed(cfg.seed, rank, epoch))
-        method.on_epoch_start(epoch, optimizer)
+        method.on_epoch_start(epoch, optimizer, images)
         model.train()
         start = time.perf_counter()
         kill = worker_kill_hook(fault, rank, epoch, run_dir)
         sums = train_epoch(model, loader, augment, optimizer, method.views_per_image, generator, device, fault,
-                           precision=cfg.precision, on_step=kill)
+                           precision=cfg.precision, on_step=kill,
+                           targets=method.targets if method.needs_indices else None)
         if world > 1:
             torch.distributed.all_reduce(sums)  # global metrics, not rank 0's share
         elapsed = time.perf_counter() - start
@@ -156,9 +186,10 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             return
         done = epoch + 1
         metrics = {"epoch": done, "loss": loss_sum / max(steps, 1), "pair_acc": acc_sum / max(steps, 1),
-                   "views_per_s": views / max(elapsed, 1e-9), "epoch_time_s": elapsed, "steps": int(steps)}
+                   "views_per_s": views / max(elapsed, 1e-9), "epoch_time_s": elapsed, "steps": int(steps),
+                   **method.epoch_metrics()}
         if writer is not None:
-            for key in ("loss", "pair_acc", "views_per_s", "epoch_time_s"):
+            for key in ("loss", "pair_acc", "views_per_s", "epoch_time_s", *method.epoch_metrics()):
                 writer.add_scalar(f"pretrain/{key}", metrics[key], done)
             writer.flush()
             with open(run_dir / "metrics.jsonl", "a") as f:

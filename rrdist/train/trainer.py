@@ -13,7 +13,10 @@ from rrdist.config import PretrainConfig
 from rrdist.errors import ConfigError, RrdistError, TrainingError, find_user_message
 
 QUIET_RAY = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_TRAIN_ENABLE_PRINT_PATCH": "0",
-             "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
+             "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",
+             # Ray Train gives a worker group 60 s to start; a busy small machine starting several
+             # trials' workers at once (each importing torch) can need more.
+             "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "300"}
 
 
 def init_ray(address: str | None = None) -> None:

@@ -24,11 +24,13 @@ def _summary_callback():
             scores = ", ".join(f"{k[:-4]} {100 * v:.2f}%" for k, v in r.items()
                                if k.endswith("_acc") and isinstance(v, float) and k != "pair_acc")
             again = " (done before; not re-run)" if r.get("reused") else ""
+            loss = r.get("loss")
+            loss = f"loss {loss:.4f}" if isinstance(loss, float) else "no training"  # random weights train nothing
             if "reused" not in r:  # ended by the scheduler before its evaluations
                 print(f"[rrdist] trial {trial.trial_id} {trial.config} stopped early by the scheduler at epoch "
-                      f"{r.get('epoch')}: loss {r.get('loss', float('nan')):.4f}", flush=True)
+                      f"{r.get('epoch')}: {loss}", flush=True)
                 return
-            print(f"[rrdist] trial {trial.trial_id} {trial.config} finished: loss {r.get('loss', float('nan')):.4f}"
+            print(f"[rrdist] trial {trial.trial_id} {trial.config} finished: {loss}"
                   f"{', ' + scores if scores else ''}{again}", flush=True)
 
         def on_trial_error(self, iteration, trials, trial, **info):

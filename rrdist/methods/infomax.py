@@ -1,0 +1,97 @@
+"""Deep InfoMax, local version (Hjelm et al., 2019), as the paper's baseline (appendix A.5).
+
+alpha = 0 (no global MI term), beta = 1 (local MI), gamma = 0.1 (prior matching), Adam 1e-4.
+Local MI: the global feature y of an image against every position of a local feature map of the
+backbone, scored by the "encoder and dot product" critic of Hjelm et al. (a 1x1-conv MLP on the
+local features, an MLP on y, dot product), with the Jensen-Shannon estimator: positives are
+(y_n, c_n,ij), negatives (y_n, c_m,ij) for every other image m of the mini-batch. Prior matching:
+a discriminator tells sigmoid(y) from uniform samples; the encoder fools it through a gradient
+reversal, so one optimiser step trains both sides of the game.
+
+Choices where the appendix is silent: the local map is the 8x8 map of 32x32 inputs (conv4's
+second block; the last stage of the CIFAR ResNets; ResNet-34's third stage); critics of 256
+units and a 256-64-1 discriminator ("reduced capacity", as the appendix says); one view per
+image with the relational augmentations. The lr is the method's own (1e-4, the DIM paper's):
+`--lr` is not used.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from rrdist.config import PretrainConfig
+from rrdist.methods.base import Method
+
+LOCAL_LAYER = {"conv4": "layers.1", "resnet8": "stages.2", "resnet32": "stages.2", "resnet56": "stages.2",
+               "resnet34": "layer3"}
+EMBED = 256
+BETA, GAMMA = 1.0, 0.1
+
+
+class _Reverse(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return -grad
+
+
+def local_jsd_loss(global_emb: torch.Tensor, local_emb: torch.Tensor) -> torch.Tensor:
+    """-(JSD MI estimate): global_emb [N, E], local_emb [N, E, P] (P positions).
+
+    Scores s[n, m, p] = global_emb[n] . local_emb[m, :, p]; positives n == m, negatives n != m:
+    mean softplus(-s) over positives + mean softplus(s) over negatives.
+    """
+    n = global_emb.shape[0]
+    scores = torch.einsum("ne,mep->nmp", global_emb, local_emb)
+    same = torch.eye(n, dtype=torch.bool, device=scores.device)[:, :, None].expand_as(scores)
+    positive = F.softplus(-scores[same]).mean()
+    negative = F.softplus(scores[~same]).mean()
+    return positive + negative
+
+
+class DeepInfoMax(Method):
+    lr = 1e-4
+
+    def __init__(self, cfg: PretrainConfig, backbone: nn.Module, num_classes: int = 10) -> None:
+        super().__init__(cfg, backbone, num_classes)
+        self._local: torch.Tensor | None = None
+        layer = backbone.get_submodule(LOCAL_LAYER[cfg.backbone])
+        layer.register_forward_hook(self._keep_local)
+        channels = self._local_channels(backbone)
+        d = backbone.feature_size
+        self.local_critic = nn.Sequential(nn.Conv2d(channels, EMBED, 1), nn.ReLU(), nn.Conv2d(EMBED, EMBED, 1))
+        self.global_critic = nn.Sequential(nn.Linear(d, EMBED), nn.ReLU(), nn.Linear(EMBED, EMBED))
+        self.prior_discriminator = nn.Sequential(nn.Linear(d, 256), nn.ReLU(), nn.Linear(256, 64), nn.ReLU(),
+                                                 nn.Linear(64, 1))
+
+    def _keep_local(self, module, inputs, output) -> None:
+        self._local = output
+
+    def _local_channels(self, backbone: nn.Module) -> int:
+        with torch.no_grad():
+            was = backbone.training
+            backbone.eval()
+            backbone(torch.zeros(1, 3, 32, 32))
+            backbone.train(was)
+        return self._local.shape[1]
+
+    def configure_optimizer(self) -> torch.optim.Optimizer:
+        return torch.optim.Adam(self.parameters(), lr=self.lr)
+
+    def forward(self, views: torch.Tensor, labels: torch.Tensor):
+        y = self.backbone(views)
+        local = self._local
+        local_emb = self.local_critic(local).flatten(2)  # [N, E, P]
+        mi_loss = local_jsd_loss(self.global_critic(y), local_emb)
+        prior = torch.rand_like(y)
+        real = self.prior_discriminator(prior).squeeze(1)
+        fake = self.prior_discriminator(_Reverse.apply(torch.sigmoid(y))).squeeze(1)
+        prior_loss = (F.binary_cross_entropy_with_logits(real, torch.ones_like(real)) +
+                      F.binary_cross_entropy_with_logits(fake, torch.zeros_like(fake)))
+        loss = BETA * mi_loss + GAMMA * prior_loss
+        return loss, {"loss": loss.detach(), "pair_acc": (real > 0).float().mean().detach()}
