@@ -189,7 +189,7 @@ def test_deepcluster_epoch_start_assigns_pseudo_labels_and_resets_its_head():
     method.on_epoch_start(0, optimizer, FixedImages(feats))
     first = method.pseudo_labels.clone()
     assert first.shape == (100,) and int(first.max()) < 20 and len(first.unique()) > 10
-    assert math.isnan(method.epoch_metrics()["nmi"])
+    assert method.epoch_metrics() == {}  # nothing to compare the first clustering with
     # One step, then a new epoch: the head starts again, Adam forgets its moments, NMI is logged.
     views = torch.randn(8, 3, 32, 32)
     idx = torch.arange(8) * 3

@@ -77,7 +77,7 @@ class DeepCluster(Method):
             optimizer.state.pop(p, None)
 
     def epoch_metrics(self) -> dict[str, float]:
-        return {"nmi": self.nmi}
+        return {} if np.isnan(self.nmi) else {"nmi": self.nmi}  # from the second clustering on
 
     def targets(self, labels: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
         return self.pseudo_labels[indices]
