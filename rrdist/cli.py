@@ -36,6 +36,7 @@ PRETRAIN_FLAGS = {  # config field -> (type, help); the flag is --field-with-das
     "gamma": (float, "focal factor of the loss; 0 is plain BCE"),
     "aggregation": (str, "cat, sum, mean or max"),
     "head": (str, "relation, or the Table 14 ablations dot (dot product of the features) and encoder_dot"),
+    "label_fraction": (float, "semi-supervised variant: share of training images whose label adds same-class positives"),
     "batch_size": (int, "images per worker mini-batch (M)"),
     "lr": (float, "Adam learning rate"),
     "epochs": (int, "total epochs (may grow when resuming)"),

@@ -40,6 +40,7 @@ class PretrainConfig:
     gamma: float = 2.0
     aggregation: str = "cat"
     head: str = "relation"  # relation, or the Table 14 ablations dot / encoder_dot
+    label_fraction: float = 0.0  # semi-supervised variant (appendix A.7): share of images whose label is used
     batch_size: int = 64  # per worker: pairs are built within each worker's mini-batch
     lr: float = 1e-3
     epochs: int = 200
@@ -76,6 +77,10 @@ class PretrainConfig:
         need(self.aggregation in AGGREGATIONS,
              f"unknown aggregation '{self.aggregation}': choose one of {', '.join(AGGREGATIONS)}")
         need(self.head in HEADS, f"unknown head '{self.head}': choose one of {', '.join(HEADS)}")
+        need(0.0 <= self.label_fraction <= 1.0,
+             f"label fraction must be in [0, 1] (got {self.label_fraction}): pass e.g. --label-fraction 0.1")
+        need(self.label_fraction == 0 or self.method == "relational",
+             "--label-fraction is the semi-supervised variant of relational reasoning: use it with --method relational")
         need(self.K >= 2, f"K must be at least 2 (got {self.K}): relational reasoning pairs views of one image, pass --K 2 or more")
         need(self.batch_size >= 2, f"batch size must be at least 2 (got {self.batch_size}): negatives pair different images, pass --batch-size 2 or more")
         need(math.isfinite(self.gamma) and self.gamma >= 0, f"gamma must be >= 0 (got {self.gamma}): pass --gamma 0 for plain BCE or e.g. --gamma 2")

@@ -70,10 +70,13 @@ def test_loss_is_cross_entropy_written_out(name):
     assert abs(float(loss) - reference_cross_entropy(logits, targets)) < 1e-9
 
 
-@pytest.mark.parametrize("name", ["rotation", "supervised", "simclr", "deepcluster", "infomax"])
-def test_training_steps_change_the_backbone_and_lower_the_loss(name):
+@pytest.mark.parametrize("name,extra", [("rotation", {}), ("supervised", {}), ("simclr", {}), ("deepcluster", {}),
+                                        ("infomax", {}), ("relational", {"K": 4}),
+                                        ("relational", {"K": 4, "label_fraction": 1.0, "head": "encoder_dot"}),
+                                        ("relational", {"K": 4, "aggregation": "max"})])
+def test_training_steps_change_the_backbone_and_lower_the_loss(name, extra):
     torch.manual_seed(0)
-    method = build_method(PretrainConfig(method=name, batch_size=8, epochs=4))
+    method = build_method(PretrainConfig(method=name, batch_size=8, epochs=4, **extra))
     optimizer = method.configure_optimizer()
     if name == "deepcluster":
         method.on_epoch_start(0, optimizer, FixedImages(torch.randn(300, 64, generator=torch.Generator().manual_seed(2))))
@@ -234,3 +237,14 @@ def test_infomax_reads_an_8x8_local_map_and_its_gradient_reverses_for_the_prior(
     x = torch.randn(5, requires_grad=True)
     (_Reverse.apply(x) * 2).sum().backward()
     assert torch.equal(x.grad, torch.full((5,), -2.0))
+
+
+def test_label_fraction_is_checked():
+    from rrdist.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="--label-fraction"):
+        PretrainConfig(dataset="digits", label_fraction=1.5).validate()
+    with pytest.raises(ConfigError, match="--method relational"):
+        PretrainConfig(dataset="digits", method="simclr", label_fraction=0.1).validate()
+    with pytest.raises(ConfigError, match="unknown head"):
+        PretrainConfig(dataset="digits", head="cosine").validate()

@@ -135,3 +135,50 @@ def test_dot_product_heads_score_pairs_as_written_out(head):
     loss, _ = method(torch.randn(K * M, 3, 32, 32), None)
     loss.backward()
     assert all(p.grad is not None for p in method.backbone.parameters())
+
+
+def test_same_class_partners_follow_a_plain_loop():
+    """Semi-supervised positives (A.7): the same view of another labelled image of the same class."""
+    from rrdist.methods.relational import same_class_partners
+
+    M, K = 10, 3
+    classes = torch.tensor([0, 1, 0, -1, 2, 1, 0, -1, 2, 3])  # 3 is alone in its class; -1 unlabelled
+    left, right = positive_pairs(M, K)
+    chosen, partner = same_class_partners(right, classes, M, torch.Generator().manual_seed(0))
+    for p in range(len(right)):
+        n = int(right[p]) % M
+        candidates = [m for m in range(M) if m != n and classes[n] >= 0 and classes[m] == classes[n]]
+        assert bool(chosen[p]) == bool(candidates), p
+        if candidates:
+            assert int(partner[p]) % M in candidates
+            assert int(partner[p]) - int(partner[p]) % M == int(right[p]) - n  # the same view
+
+
+def test_labelled_subset_is_fixed_and_of_the_asked_size():
+    from rrdist.methods.relational import labelled
+
+    idx = torch.arange(100_000)
+    for fraction in (0.01, 0.1, 0.25, 0.5):
+        share = float(labelled(idx, fraction, seed=0).double().mean())
+        assert abs(share - fraction) < 0.01, (fraction, share)
+    assert labelled(idx, 1.0, 0).all() and not labelled(idx, 0.0, 0).any()
+    assert torch.equal(labelled(idx, 0.1, 3), labelled(idx, 0.1, 3))
+    assert not torch.equal(labelled(idx, 0.1, 3), labelled(idx, 0.1, 4))
+
+
+def test_semi_supervised_pairs_stay_balanced_and_add_one_positive_per_labelled_pair():
+    torch.manual_seed(0)
+    M, K = 8, 3
+    method = RelationalReasoning(PretrainConfig(K=K, batch_size=M, label_fraction=1.0), Conv4())
+    assert method.needs_indices
+    labels = torch.tensor([0, 0, 1, 1, 2, 2, 3, 4])  # classes 3 and 4 have one image each
+    classes = method.targets(labels, torch.arange(M))
+    assert torch.equal(classes, labels)  # fraction 1: every label kept
+    z = torch.randn(K * M, 64)
+    logits, targets = method.relation_logits(z, M, K, classes)
+    plain = M * (K * K - K)
+    extra = 2 * (K * (K - 1) // 2) * 6  # 6 images have a same-class partner, in every view pair, + negatives
+    assert len(targets) == plain + extra
+    assert targets.sum() == len(targets) / 2
+    loss, _ = method(torch.randn(K * M, 3, 32, 32), classes)
+    assert torch.isfinite(loss)

@@ -113,10 +113,26 @@ def test_shipped_spaces_are_valid():
     from rrdist.methods import METHODS
 
     assert set(paper.axes["method"]["grid"]) == set(METHODS)  # Table 2 holds every method
-    heads = load(Path(__file__).parent.parent / "tune_spaces" / "ablations_head.yaml")
-    aggregations = load(Path(__file__).parent.parent / "tune_spaces" / "ablations.yaml")
-    assert set(heads.axes["head"]["grid"]) == {"relation", "dot", "encoder_dot"}
-    assert set(aggregations.axes["aggregation"]["grid"]) == {"sum", "mean", "max", "cat"}
+    ablations = load(Path(__file__).parent.parent / "tune_spaces" / "ablations.yaml")
+    configs = [ablations.trial_config(p, 0, "data", "out") for p in ablations.grid_points()]
+    assert {c.aggregation for c in configs if c.backbone == "conv4"} == {"sum", "mean", "max", "cat"}  # Table 13
+    assert {c.head for c in configs if c.backbone == "resnet32"} == {"relation", "dot", "encoder_dot"}  # Table 14
+    assert ablations.trial_count() == 7 * 3
+
+
+def test_points_axis_spreads_its_bundles_and_rejects_bad_ones():
+    from rrdist.errors import ConfigError
+    from rrdist.tune.space import parse
+
+    spec = parse({"fixed": {"dataset": "digits", "backbone": "conv4"},
+                  "axes": {"variant": {"points": ["aggregation=sum", "head=dot+K=5+backbone=resnet8"]}}})
+    configs = [spec.trial_config(p, 0, "data", "out") for p in spec.grid_points()]
+    assert (configs[0].aggregation, configs[0].head, configs[0].backbone) == ("sum", "relation", "conv4")
+    assert (configs[1].head, configs[1].K, configs[1].backbone) == ("dot", 5, "resnet8")
+    for bad, match in [(["aggregation"], "is not setting=value"), (["nosuch=1"], "'nosuch'"),
+                       (["seed=3"], "'seed'"), (["K=two"], "must be a int")]:
+        with pytest.raises(ConfigError, match=match):
+            parse({"fixed": {"dataset": "digits"}, "axes": {"variant": {"points": bad}}})
 
 
 def test_per_method_settings_apply_to_that_method_only(tmp_path):
@@ -172,3 +188,18 @@ def test_killed_sweep_resumes_without_rerunning_finished_trials(tmp_path, digits
         assert [json.loads(line)["epoch"] for line in lines] == [1]
     assert "resuming the sweep" in again.stdout
     assert (sweep_dir / "results.md").read_text().count("| done |") == 2
+
+
+@pytest.mark.usefixtures("ray_session")
+def test_points_axis_runs_one_trial_per_bundle(tmp_path, digits_root):
+    # The first bundle also runs the semi-supervised variant (label indices through the real loader).
+    points = ["aggregation=sum+label_fraction=0.5", "head=dot"]
+    space = write_space(tmp_path / "variants.yaml", axes={"variant": {"points": points}},
+                        seeds=1, evaluations={"linear": {"epochs": 2}})
+    sweep_dir = run_sweep(space, root=str(digits_root), out=tmp_path / "sweeps", **QUIET)
+    trials = records(sweep_dir)
+    assert sorted(trials) == [f"variant={p},seed=0" for p in points]
+    got = {(t["config"]["aggregation"], t["config"]["head"], t["config"]["label_fraction"]) for t in trials.values()}
+    assert got == {("sum", "relation", 0.5), ("cat", "dot", 0.0)}
+    assert all(t["status"] == "completed" for t in trials.values())
+    assert "aggregation=sum" in (sweep_dir / "results.md").read_text()

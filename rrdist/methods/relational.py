@@ -79,6 +79,32 @@ def relation_scores(head: nn.Sequential, z: torch.Tensor, left: torch.Tensor, ri
     return head[1:](hidden).squeeze(1)
 
 
+def labelled(indices: torch.Tensor, fraction: float, seed: int) -> torch.Tensor:
+    """Which training images keep their label in the semi-supervised variant: a fixed subset of
+    about `fraction` of them, a function of (image index, seed) only, so every epoch and every
+    worker agrees without storing a list (`fraction` 1 keeps all, 0 none)."""
+    key = (indices + seed * 1000003) % 2147483648  # the seed moves the index before hashing
+    mixed = key * 2654435761 % 4294967296  # Knuth's multiplicative hash (fits in int64)
+    return mixed.to(torch.float64) / 4294967296.0 < fraction
+
+
+def same_class_partners(right: torch.Tensor, classes: torch.Tensor, M: int,
+                        generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Semi-supervised positives (appendix A.7): for each positive (left, right) whose image n is
+    labelled, the same view of another labelled image of n's class, drawn uniformly per pair.
+
+    classes: [M], the class of each image of the mini-batch or -1 when unlabelled.
+    Returns (which pairs got a partner [P] bool, the partner's row [P], valid where chosen).
+    """
+    n = right % M
+    ok = (classes[:, None] == classes[None, :]) & (classes[:, None] >= 0) & ~torch.eye(M, dtype=torch.bool,
+                                                                                      device=right.device)
+    scores = torch.rand(len(right), M, device=right.device, generator=generator)
+    scores = torch.where(ok[n], scores, torch.full_like(scores, -1.0))
+    best, partner = scores.max(dim=1)
+    return best >= 0, right - n + partner
+
+
 class RelationalReasoning(Method):
     def __init__(self, cfg: PretrainConfig, backbone: nn.Module, num_classes: int = 10) -> None:
         super().__init__(cfg, backbone, num_classes)
@@ -94,15 +120,34 @@ class RelationalReasoning(Method):
     def views_per_image(self) -> int:
         return self.cfg.K
 
+    @property
+    def needs_indices(self) -> bool:  # the semi-supervised variant needs to know which images are labelled
+        return self.cfg.label_fraction > 0
+
+    def targets(self, labels: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+        """Labels of the labelled images, -1 for the others."""
+        keep = labelled(indices, self.cfg.label_fraction, self.cfg.seed)
+        return torch.where(keep, labels, torch.full_like(labels, -1))
+
     def pairs(self, M: int, K: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         key = (M, K, str(device))  # positive indices depend only on (M, K): build them once
         if key not in self._pairs:
             self._pairs[key] = positive_pairs(M, K, device)
         return self._pairs[key]
 
-    def relation_logits(self, z: torch.Tensor, M: int, K: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def relation_logits(self, z: torch.Tensor, M: int, K: int,
+                        classes: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Scores and targets of every pair; with `classes` (semi-supervised) also positives of
+        different images of one class, each matched by one more negative to keep the balance."""
         left, right = self.pairs(M, K, z.device)
         neg_right = negative_partners(right, M, self.generator)
+        if classes is not None:
+            chosen, partner = same_class_partners(right, classes, M, self.generator)
+            extra_left = left[chosen]
+            extra_neg = negative_partners(right[chosen], M, self.generator)
+            left = torch.cat([left, extra_left])
+            right = torch.cat([right, partner[chosen]])
+            neg_right = torch.cat([neg_right, extra_neg])
         all_left = torch.cat([left, left])
         all_right = torch.cat([right, neg_right])
         if self.cfg.head == "relation":
@@ -117,7 +162,8 @@ class RelationalReasoning(Method):
         K = self.cfg.K
         M = views.shape[0] // K
         z = self.backbone(views)
-        logits, targets = self.relation_logits(z, M, K)
+        classes = labels if self.cfg.label_fraction > 0 else None
+        logits, targets = self.relation_logits(z, M, K, classes)
         loss = focal_bce_with_logits(logits, targets, self.cfg.gamma)
         correct = ((logits > 0).to(targets.dtype) == targets).float().mean()
         return loss, {"loss": loss.detach(), "pair_acc": correct.detach()}

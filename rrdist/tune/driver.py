@@ -53,10 +53,7 @@ def _scheduler(spec: SweepSpec):
 
 
 def _datasets(spec: SweepSpec) -> list[str]:
-    if "dataset" in spec.axes:
-        (_, values), = spec.axes["dataset"].items()
-        return list(values)
-    return [spec.fixed.get("dataset", "cifar10")]
+    return sorted({spec.trial_config(point, 0, "data", "x").dataset for point in spec.grid_points()})
 
 
 def _record_unfinished(sweep_dir: Path, spec: SweepSpec, results) -> None:

@@ -6,6 +6,7 @@ fixed: {dataset: cifar10, backbone: conv4, epochs: 200}   # settings shared by e
 axes:                          # swept settings: grid / choice / uniform / loguniform
   K: {grid: [2, 4, 8, 16, 32]}
   gamma: {grid: [0, 1, 2, 3]}
+  # variant: {points: [aggregation=sum, head=dot+backbone=resnet32]}   # a grid of setting bundles
 seeds: 3                       # every point runs with seeds 0..2 (or a list of seeds)
 samples: 1                     # draws of the random axes (choice / uniform / loguniform)
 trial: {workers: 1, cpus_per_worker: 1, gpus_per_worker: 0}   # per trial; fractional GPUs share one
@@ -31,7 +32,7 @@ from rrdist.errors import ConfigError
 
 TOP_KEYS = ("name", "fixed", "axes", "seeds", "samples", "trial", "concurrency", "scheduler", "evaluations",
             "per_method")
-AXIS_KINDS = ("grid", "choice", "uniform", "loguniform")
+AXIS_KINDS = ("grid", "choice", "uniform", "loguniform", "points")
 TRIAL_KEYS = {"workers": int, "cpus_per_worker": int, "gpus_per_worker": float, "loader_workers": int}
 # Set by the sweep itself, not by a space: where trials live and what resources they get.
 NOT_SWEEPABLE = ("out", "root", "seed", "workers", "cpus_per_worker", "gpus_per_worker", "use_gpu", "loader_workers")
@@ -60,8 +61,19 @@ class SweepSpec:
                 "scheduler": {"asha": self.scheduler} if self.scheduler else "fifo",
                 "evaluations": self.evaluations, "per_method": self.per_method}
 
+    def settings(self, values: dict[str, Any]) -> dict[str, Any]:
+        """A point's settings: axis values, with each `points` axis's bundle spread out."""
+        out: dict[str, Any] = {}
+        for name, value in values.items():
+            if "points" in self.axes.get(name, {}):
+                out.update(point_settings(value))
+            else:
+                out[name] = value
+        return out
+
     def trial_config(self, values: dict[str, Any], seed: int, root: str, out: str) -> PretrainConfig:
         gpus = float(self.trial.get("gpus_per_worker", 0) or 0)
+        values = self.settings(values)
         method = values.get("method", self.fixed.get("method", PretrainConfig.method))
         data = {**self.fixed, **self.per_method.get(method, {}), **values,
                 "seed": seed, "root": root, "out": out,
@@ -77,12 +89,17 @@ class SweepSpec:
         values = []
         for name in names:
             (kind, vals), = self.axes[name].items()
-            values.append(vals if kind in ("grid", "choice") else [vals[0]])
+            values.append(vals if kind in ("grid", "choice", "points") else [vals[0]])
         return [dict(zip(names, combo)) for combo in itertools.product(*values)]
 
     def trial_count(self) -> int:
-        grid = math.prod(len(v["grid"]) for v in self.axes.values() if "grid" in v)
+        grid = math.prod(len(next(iter(v.values()))) for v in self.axes.values() if "grid" in v or "points" in v)
         return grid * len(self.seeds) * self.samples
+
+
+def point_settings(point: str) -> dict[str, str]:
+    """`aggregation=sum+backbone=conv4` -> {aggregation: sum, backbone: conv4} (typed by the config)."""
+    return dict(part.split("=", 1) for part in point.split("+"))
 
 
 def _fail(source: str, key: str, why: str) -> None:
@@ -111,6 +128,22 @@ def parse(data: Any, source: str = "space", default_name: str = "sweep") -> Swee
         _fail(source, "axes", "must be a mapping of setting: {grid|choice|uniform|loguniform: values}")
     for key, spec in axes.items():
         where = f"axes.{key}"
+        if isinstance(spec, dict) and list(spec) == ["points"]:  # a named list of setting bundles
+            values = spec["points"]
+            if key in config_keys:
+                _fail(source, where, "a points axis names variants, not a setting: call it e.g. 'variant'")
+            if not isinstance(values, list) or not values:
+                _fail(source, f"{where}.points", "must be a non-empty list like [aggregation=sum, head=dot+K=16]")
+            for point in values:
+                parts = str(point).split("+")
+                if not all("=" in part for part in parts):
+                    _fail(source, f"{where}.points", f"'{point}' is not setting=value[+setting=value]")
+                for name in (part.split("=", 1)[0] for part in parts):
+                    if name not in config_keys or name in NOT_SWEEPABLE:
+                        _fail(source, f"{where}.points", f"'{name}' in '{point}' is not a setting a sweep can vary")
+                    if name in axes:
+                        _fail(source, f"{where}.points", f"'{name}' is also an axis: keep it in one place")
+            continue
         if key not in config_keys:
             _fail(source, where, f"is not a setting: use {', '.join(config_keys)}")
         if key in NOT_SWEEPABLE:
@@ -222,7 +255,7 @@ def param_space(spec: SweepSpec) -> dict[str, Any]:
     """The Tune param_space: one entry per axis, plus the seeds as a grid."""
     from ray import tune
 
-    samplers = {"grid": tune.grid_search, "choice": tune.choice,
+    samplers = {"grid": tune.grid_search, "points": tune.grid_search, "choice": tune.choice,
                 "uniform": lambda v: tune.uniform(*v), "loguniform": lambda v: tune.loguniform(*v)}
     space: dict[str, Any] = {}
     for name, axis in spec.axes.items():
@@ -233,4 +266,4 @@ def param_space(spec: SweepSpec) -> dict[str, Any]:
 
 
 def has_random_axes(spec: SweepSpec) -> bool:
-    return spec.samples > 1 or any(next(iter(a)) != "grid" for a in spec.axes.values())
+    return spec.samples > 1 or any(next(iter(a)) not in ("grid", "points") for a in spec.axes.values())
