@@ -129,6 +129,7 @@ def prepare(dataset: str, root: str | os.PathLike, download: bool = False, image
         "format_version": FORMAT_VERSION, "dataset": dataset, "source": str(source) if source else "embedded",
         "image_size": int(train.images.shape[1]), "channels": 3, "num_classes": len(train.classes),
         "classes": train.classes, "mean": list(mean), "std": list(std), "splits": entries,
+        "pretrain_split": spec.pretrain_split,
     }
     atomic.write_json(directory / "manifest.json", manifest)
     manifest["dir"] = str(directory)

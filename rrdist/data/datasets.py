@@ -37,6 +37,7 @@ class DatasetSpec:
     std: tuple[float, float, float] | None
     needs_root: bool = True
     summary: str = ""
+    pretrain_split: str = "train"  # the split self-supervised pretraining reads
 
 
 # --------------------------------------------------------------------------- digits
@@ -185,12 +186,164 @@ def read_cifar10(root: Path | None, download: bool, image_size: int | None) -> d
                     f"test/<class>/ folders (or pass --download)")
 
 
+# --------------------------------------------------------------------------- CIFAR-100
+def read_cifar100_pickles(folder: Path, coarse: bool) -> dict[str, Split]:
+    """torchvision's `cifar-100-python` pickles (train, test, meta): fine or coarse (20) labels."""
+    meta = _unpickle(folder / "meta")
+    key = b"coarse" if coarse else b"fine"
+    classes = [c.decode() for c in meta[key + b"_label_names"]]
+    out = {}
+    for split in ("train", "test"):
+        d = _unpickle(folder / split)
+        images = np.asarray(d[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+        out[split] = Split(np.ascontiguousarray(images), np.asarray(d[key + b"_labels"], dtype=np.int64), classes)
+    return out
+
+
+def _cifar100_reader(coarse: bool) -> Reader:
+    def read(root: Path | None, download: bool, image_size: int | None) -> dict[str, Split]:
+        if download:
+            Path(root).mkdir(parents=True, exist_ok=True)
+            try:
+                from torchvision.datasets import CIFAR100
+                CIFAR100(str(root), train=True, download=True)
+            except Exception as e:
+                raise DataError(f"downloading CIFAR-100 failed ({first_line(e)}): place cifar-100-python/ "
+                                f"under {root}") from None
+        root = _require_root(root, "cifar100")
+        for cand in (root, root / "cifar-100-python"):
+            if (cand / "train").is_file() and (cand / "meta").is_file():
+                return read_cifar100_pickles(cand, coarse)
+        raise DataError(f"no CIFAR-100 found under {root}: expected cifar-100-python/ (train, test, meta) "
+                        f"(or pass --download)")
+    return read
+
+
+# --------------------------------------------------------------------------- STL-10
+def read_stl10(root: Path | None, download: bool, image_size: int | None) -> dict[str, Split]:
+    """The binary distribution `stl10_binary/`: {train,test,unlabeled}_X.bin (column-major
+    3x96x96 uint8 images), {train,test}_y.bin (labels 1-10), class_names.txt. The unlabeled
+    100k images get label -1; they are what the paper pretrains on."""
+    if download:
+        Path(root).mkdir(parents=True, exist_ok=True)
+        try:
+            from torchvision.datasets import STL10
+            STL10(str(root), split="train+unlabeled", download=True)
+        except Exception as e:
+            raise DataError(f"downloading STL-10 failed ({first_line(e)}): place stl10_binary/ under {root}") from None
+    root = _require_root(root, "stl10")
+    folder = next((c for c in (root, root / "stl10_binary") if (c / "train_X.bin").is_file()), None)
+    if folder is None:
+        raise DataError(f"no STL-10 found under {root}: expected stl10_binary/ with train_X.bin, train_y.bin, "
+                        f"test_X.bin, test_y.bin, unlabeled_X.bin (or pass --download)")
+    names = (folder / "class_names.txt")
+    classes = names.read_text().split() if names.is_file() else [str(i) for i in range(10)]
+    out = {}
+    for split in ("train", "test", "unlabeled"):
+        x_path = folder / f"{split}_X.bin"
+        if not x_path.is_file():
+            raise DataError(f"{x_path} is missing: the STL-10 binary distribution has train, test and unlabeled")
+        raw = np.fromfile(x_path, dtype=np.uint8)
+        if raw.size % (3 * 96 * 96):
+            raise DataError(f"{x_path} is truncated ({raw.size} bytes): re-download STL-10")
+        images = raw.reshape(-1, 3, 96, 96).transpose(0, 3, 2, 1)  # stored column-major per channel
+        if split == "unlabeled":
+            labels = np.full(len(images), -1, dtype=np.int64)
+        else:
+            labels = np.fromfile(folder / f"{split}_y.bin", dtype=np.uint8).astype(np.int64) - 1
+            if len(labels) != len(images):
+                raise DataError(f"{folder}/{split}_y.bin has {len(labels)} labels for {len(images)} images")
+        out[split] = Split(np.ascontiguousarray(images), labels, classes)
+    return out
+
+
+# --------------------------------------------------------------------------- tiny-ImageNet
+def read_tiny_imagenet(root: Path | None, download: bool, image_size: int | None) -> dict[str, Split]:
+    """The official `tiny-imagenet-200` layout as distributed: wnids.txt, train/<wnid>/images/*.JPEG,
+    val/images/*.JPEG labelled by val/val_annotations.txt (the test split here; the official test
+    set has no labels)."""
+    from PIL import Image
+
+    if download:
+        raise DataError("tiny-ImageNet has no download here: get tiny-imagenet-200.zip from "
+                        "http://cs231n.stanford.edu/tiny-imagenet-200.zip and unzip it under --root")
+    root = _require_root(root, "tiny-imagenet")
+    folder = next((c for c in (root, root / "tiny-imagenet-200") if (c / "wnids.txt").is_file()), None)
+    if folder is None:
+        raise DataError(f"no tiny-ImageNet found under {root}: expected tiny-imagenet-200/ with wnids.txt, "
+                        f"train/ and val/val_annotations.txt")
+    wnids = folder.joinpath("wnids.txt").read_text().split()
+    index = {w: i for i, w in enumerate(wnids)}
+    words = {}
+    if (folder / "words.txt").is_file():
+        for line in folder.joinpath("words.txt").read_text().splitlines():
+            wnid, _, name = line.partition("\t")
+            words[wnid] = name.split(",")[0].strip()
+    classes = [words.get(w, w) for w in wnids]
+
+    def load(files: list[tuple[Path, int]], split: str) -> Split:
+        arrays = []
+        for path, _ in files:
+            try:
+                with Image.open(path) as img:
+                    img = img.convert("RGB")
+                    if image_size is not None and img.size != (image_size, image_size):
+                        img = img.resize((image_size, image_size), Image.BILINEAR)
+                    arrays.append(np.asarray(img, dtype=np.uint8))
+            except OSError as e:
+                raise DataError(f"cannot read image {path} ({e}): remove or replace the file") from None
+        if not arrays:
+            raise DataError(f"no images in tiny-ImageNet's {split} split under {folder}")
+        return Split(np.stack(arrays), np.array([c for _, c in files], dtype=np.int64), classes)
+
+    train = [(f, index[w]) for w in wnids for f in sorted((folder / "train" / w / "images").glob("*"))
+             if f.suffix.lower() in IMAGE_SUFFIXES]
+    annotations = folder / "val" / "val_annotations.txt"
+    if not annotations.is_file():
+        raise DataError(f"{annotations} is missing: tiny-ImageNet's validation labels live there")
+    val = []
+    for line in annotations.read_text().splitlines():
+        fields = line.split("\t")
+        if len(fields) < 2 or fields[1] not in index:
+            raise DataError(f"{annotations}: line '{line[:60]}' does not name an image and a wnid of wnids.txt")
+        val.append((folder / "val" / "images" / fields[0], index[fields[1]]))
+    return {"train": load(train, "train"), "test": load(sorted(val), "val")}
+
+
+# --------------------------------------------------------------------------- SlimageNet
+def read_slimagenet(root: Path | None, download: bool, image_size: int | None) -> dict[str, Split]:
+    """SlimageNet64 (Antoniou et al., 2020) as image folders train/<class>/, val/<class>/, test/<class>/."""
+    if download:
+        raise DataError("SlimageNet has no download here: place its train/, val/ and test/ folders under --root")
+    root = _require_root(root, "slimagenet")
+    tree = _find_tree(root)
+    if tree is None or not (tree / "test").is_dir():
+        raise DataError(f"no SlimageNet found under {root}: expected train/<class>/, val/<class>/, test/<class>/")
+    dirs = {"train": tree / "train", "test": tree / "test"}
+    if (tree / "val").is_dir():
+        dirs["val"] = tree / "val"
+    return read_image_tree(dirs, image_size or 64)
+
+
 # --------------------------------------------------------------------------- registry
 DATASETS: dict[str, DatasetSpec] = {
     "digits": DatasetSpec("digits", read_digits, 32, None, None, needs_root=False,
                           summary="scikit-learn's bundled 8x8 digits as 32x32 RGB (embedded default)"),
     "cifar10": DatasetSpec("cifar10", read_cifar10, 32, (0.491, 0.482, 0.447), (0.247, 0.243, 0.262),
                            summary="CIFAR-10: cifar-10-batches-py pickles or train/test image folders"),
+    "cifar100": DatasetSpec("cifar100", _cifar100_reader(coarse=False), 32, (0.507, 0.487, 0.441),
+                            (0.267, 0.256, 0.276), summary="CIFAR-100, 100 fine classes: cifar-100-python pickles"),
+    "cifar100-20": DatasetSpec("cifar100-20", _cifar100_reader(coarse=True), 32, (0.507, 0.487, 0.441),
+                               (0.267, 0.256, 0.276),
+                               summary="CIFAR-100's images with its 20 coarse superclass labels (grain)"),
+    "stl10": DatasetSpec("stl10", read_stl10, 96, (0.447, 0.440, 0.407), (0.260, 0.257, 0.271),
+                         summary="STL-10 binary distribution, 96x96; pretraining reads the 100k unlabeled",
+                         pretrain_split="unlabeled"),
+    "tiny-imagenet": DatasetSpec("tiny-imagenet", read_tiny_imagenet, 64, (0.480, 0.448, 0.398),
+                                 (0.277, 0.269, 0.282),
+                                 summary="tiny-imagenet-200 as distributed (val/ with val_annotations.txt), 64x64"),
+    "slimagenet": DatasetSpec("slimagenet", read_slimagenet, 64, None, None,
+                              summary="SlimageNet64 image folders train/ val/ test/, 64x64"),
     "imagefolder": DatasetSpec("imagefolder", read_imagefolder, None, None, None,
                                summary="any train/<class>/*, test/<class>/* image tree"),
 }

@@ -18,6 +18,7 @@ class Method(nn.Module):
     augmentation = "kview"  # the views it trains on: "kview" (appendix A.3) or "crop_flip" (padded crop + flip)
     trainable = True  # False: the initial backbone is saved without training (random weights)
     needs_indices = False  # True: each step's targets come from `targets(labels, image indices)`
+    needs_labels = False  # True: trains on the labelled training split (STL-10 pretrains on its unlabeled one)
 
     def __init__(self, cfg: PretrainConfig, backbone: nn.Module, num_classes: int = 10) -> None:
         super().__init__()

@@ -124,6 +124,10 @@ class RelationalReasoning(Method):
     def needs_indices(self) -> bool:  # the semi-supervised variant needs to know which images are labelled
         return self.cfg.label_fraction > 0
 
+    @property
+    def needs_labels(self) -> bool:
+        return self.cfg.label_fraction > 0
+
     def targets(self, labels: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
         """Labels of the labelled images, -1 for the others."""
         keep = labelled(indices, self.cfg.label_fraction, self.cfg.seed)

@@ -25,6 +25,7 @@ def step_lr(base: float, epoch: int, epochs: int) -> float:
 
 class Supervised(Method):
     augmentation = "crop_flip"
+    needs_labels = True
     lr = 0.1
 
     def __init__(self, cfg: PretrainConfig, backbone: nn.Module, num_classes: int = 10) -> None:

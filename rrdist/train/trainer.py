@@ -90,7 +90,9 @@ def pretrain(cfg: PretrainConfig, address: str | None = None, log=print, callbac
 
     loop_config = {
         "config": cfg.to_dict(), "run_dir": str(run_dir),
-        "data": {"train": str(split_path(manifest, "train")), "image_size": manifest["image_size"],
+        # The split pretraining reads (STL-10: the unlabeled images), and the labelled one for methods using labels.
+        "data": {"train": str(split_path(manifest, manifest.get("pretrain_split", "train"))),
+                 "labelled": str(split_path(manifest, "train")), "image_size": manifest["image_size"],
                  "mean": manifest["mean"], "std": manifest["std"], "uri": cfg.data_uri,
                  "num_classes": manifest["num_classes"],
                  "dataset": cfg.dataset, "root": str(Path(cfg.root).resolve())},
