@@ -87,6 +87,25 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _retrieval(args: argparse.Namespace) -> int:
+    from rrdist.eval.retrieval import KS, evaluate_retrieval
+
+    r = evaluate_retrieval(args.run, dataset=args.dataset, root=args.root, per_class=args.per_class, seed=args.seed,
+                           device=args.device)
+    scores = ", ".join(f"top-{k} {100 * r[f'top{k}']['accuracy']:.2f}%" for k in KS)
+    print(f"retrieval on {r['dataset']} ({r['queries']} queries): {scores}; picture {r['picture']}")
+    return 0
+
+
+def _tsne(args: argparse.Namespace) -> int:
+    from rrdist.eval.tsne import evaluate_tsne
+
+    r = evaluate_tsne(args.run, dataset=args.dataset, root=args.root, seed=args.seed, max_points=args.max_points,
+                      device=args.device)
+    print(f"t-SNE of {r['points']} {r['dataset']} test images: {r['picture']}")
+    return 0
+
+
 def _sweep(args: argparse.Namespace) -> int:
     from rrdist.tune.driver import run_sweep
 
@@ -163,7 +182,23 @@ def build_parser() -> argparse.ArgumentParser:
     lin.add_argument("--lr", type=float, default=1e-3)
     lin.add_argument("--seed", type=int, default=0)
     lin.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
-    ev.set_defaults(func=_evaluate)
+    lin.set_defaults(func=_evaluate)
+    ret = ev_sub.add_parser("retrieval", help="top-10/100/1000 retrieval accuracy, confusion matrix, query grid")
+    ret.add_argument("--run", required=True, help="the run folder (pretrain --out)")
+    ret.add_argument("--dataset", default=None, help="retrieve in another dataset (default: the run's)")
+    ret.add_argument("--root", default=None)
+    ret.add_argument("--per-class", type=int, default=500, help="queries per class (appendix B.10)")
+    ret.add_argument("--seed", type=int, default=0)
+    ret.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    ret.set_defaults(func=_retrieval)
+    ts = ev_sub.add_parser("tsne", help="t-SNE picture of the test features (appendix B.11)")
+    ts.add_argument("--run", required=True, help="the run folder (pretrain --out)")
+    ts.add_argument("--dataset", default=None)
+    ts.add_argument("--root", default=None)
+    ts.add_argument("--seed", type=int, default=0)
+    ts.add_argument("--max-points", type=int, default=None, help="a random subset of the test images")
+    ts.add_argument("--device", default=None)
+    ts.set_defaults(func=_tsne)
 
     sw = sub.add_parser("sweep", help="a Ray Tune sweep over a search space (tune_spaces/*.yaml)")
     sw.add_argument("space", help="the search-space YAML file")

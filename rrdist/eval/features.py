@@ -80,3 +80,34 @@ def cached_features(run_dir: Path, backbone: torch.nn.Module, fingerprint: str, 
     feats, labels = extract(backbone, beton, manifest, device)
     atomic.torch_save({"features": feats, "labels": labels, "key": key}, path)
     return feats, labels, False
+
+
+def run_features(run_dir: str | Path, splits: tuple[str, ...], init: str = "trained", dataset: str | None = None,
+                 root: str | None = None, device: str | None = None, log=print):
+    """(manifest, run config, {split: (features, labels)}) of a run's backbone, cached in the run folder."""
+    from rrdist.data.beton import ensure_prepared
+
+    run_dir = Path(run_dir).expanduser().resolve()
+    backbone, cfg, fingerprint = load_backbone(run_dir, init)
+    manifest = ensure_prepared(dataset or cfg.dataset, root or cfg.root, log=log)
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    out = {}
+    for split in splits:
+        feats, labels, _ = cached_features(run_dir, backbone, fingerprint, manifest, split, dev)
+        out[split] = (feats, labels)
+    return manifest, cfg, out
+
+
+def split_images(manifest: dict[str, Any], split: str, indices: torch.Tensor) -> torch.Tensor:
+    """uint8 images [len(indices), H, W, 3] of a split, by position (for pictures)."""
+    from rrdist.data.beton import split_path
+    from rrdist.data.loader import image_loader
+
+    wanted = set(indices.tolist())
+    found: dict[int, torch.Tensor] = {}
+    loader = image_loader(split_path(manifest, split), 512, train=False, drop_last=False, indices=True)
+    for images, _, idx in loader:
+        for row, i in enumerate(idx.tolist()):
+            if i in wanted:
+                found[i] = images[row].clone()
+    return torch.stack([found[int(i)] for i in indices])
