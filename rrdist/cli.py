@@ -97,6 +97,15 @@ def _retrieval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _finetune(args: argparse.Namespace) -> int:
+    from rrdist.eval.finetune import FinetuneSettings, evaluate_finetune
+
+    r = evaluate_finetune(args.run, dataset=args.dataset, root=args.root, device=args.device,
+                          settings=FinetuneSettings(epochs=args.epochs, batch_size=args.batch_size, seed=args.seed))
+    print(f"finetuning on {r['dataset']}: test accuracy {100 * r['test_accuracy']:.2f}%")
+    return 0
+
+
 def _tsne(args: argparse.Namespace) -> int:
     from rrdist.eval.tsne import evaluate_tsne
 
@@ -191,6 +200,15 @@ def build_parser() -> argparse.ArgumentParser:
     ret.add_argument("--seed", type=int, default=0)
     ret.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     ret.set_defaults(func=_retrieval)
+    ft = ev_sub.add_parser("finetune", help="backbone + linear classifier trained together (appendix A.6)")
+    ft.add_argument("--run", required=True, help="the run folder (pretrain --out)")
+    ft.add_argument("--dataset", default=None)
+    ft.add_argument("--root", default=None)
+    ft.add_argument("--epochs", type=int, default=100)
+    ft.add_argument("--batch-size", type=int, default=32)
+    ft.add_argument("--seed", type=int, default=0)
+    ft.add_argument("--device", default=None)
+    ft.set_defaults(func=_finetune)
     ts = ev_sub.add_parser("tsne", help="t-SNE picture of the test features (appendix B.11)")
     ts.add_argument("--run", required=True, help="the run folder (pretrain --out)")
     ts.add_argument("--dataset", default=None)

@@ -68,3 +68,41 @@ def test_retrieval_and_tsne_write_results_pictures_and_events(tmp_path, digits_r
     assert {"eval/retrieval_digits", "eval/tsne_digits"} <= set(acc.Tags()["images"])
     assert "eval/retrieval_top10_digits" in acc.Tags()["scalars"]
     assert r["top10"]["accuracy"] == saved["top10"]["accuracy"]
+
+
+def test_finetune_changes_the_backbone_and_linear_does_not(tmp_path, digits_root):
+    import hashlib
+
+    from rrdist.eval.finetune import FinetuneSettings, evaluate_finetune
+    from rrdist.eval.linear import LinearSettings, evaluate_linear
+
+    run = random_run(tmp_path, digits_root)
+    digest = hashlib.sha256((run / "backbone.pt").read_bytes()).hexdigest()
+    linear = evaluate_linear(run, settings=LinearSettings(epochs=2), device="cpu", log=lambda *a: None)
+    assert hashlib.sha256((run / "backbone.pt").read_bytes()).hexdigest() == digest
+    tuned = evaluate_finetune(run, settings=FinetuneSettings(epochs=1), device="cpu", log=lambda *a: None)
+    assert tuned["backbone_change_l2"] > 0
+    saved = torch.load(run / "eval" / "finetune-digits-backbone.pt", weights_only=True)["backbone"]
+    original = torch.load(run / "backbone.pt", weights_only=True)["backbone"]
+    assert any(not torch.equal(saved[k], original[k]) for k in original if original[k].is_floating_point())
+    assert hashlib.sha256((run / "backbone.pt").read_bytes()).hexdigest() == digest  # the run's own is kept
+    assert 0.0 < tuned["test_accuracy"] <= 1.0 and 0.0 < linear["test_accuracy"] <= 1.0
+
+
+def test_finetune_augmentations():
+    from rrdist.eval.finetune import affine_matrices, augment, cutout_mask
+
+    g = torch.Generator().manual_seed(0)
+    theta = affine_matrices(2000, g)
+    identity = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
+    moved = ~(theta == identity).all(dim=(1, 2))
+    assert abs(float(moved.float().mean()) - 0.5) < 0.05  # p = 0.5
+    lin = theta[moved][:, :, :2]
+    det = torch.linalg.det(lin)  # the inverse of a scale in [0.9, 1.1] (shear keeps the area)
+    assert float(det.min()) > 1 / 1.1 ** 2 - 1e-4 and float(det.max()) < 1 / 0.9 ** 2 + 1e-4
+    masks = cutout_mask(1000, 40, 40, g)
+    cut = masks.sum(dim=(1, 2, 3)) < 1600
+    assert abs(float(cut.float().mean()) - 0.5) < 0.06
+    assert float((1600 - masks.sum(dim=(1, 2, 3)))[cut].max()) == 32 * 32  # a whole square fits sometimes
+    x = torch.randn(4, 3, 32, 32)
+    assert augment(x, g).shape == x.shape
