@@ -67,6 +67,8 @@ def _pretrain(args: argparse.Namespace) -> int:
         values["sync_bn"] = True
     if args.compile:
         values["compile"] = True
+    if args.online_probe:
+        values["online_probe"] = True
     cfg = PretrainConfig.from_dict(values).validate()
     result = pretrain(cfg, address=args.address)
     m = result.metrics
@@ -176,6 +178,8 @@ def build_parser() -> argparse.ArgumentParser:
     pre.add_argument("--use-gpu", action="store_true", help="one GPU per worker, NCCL")
     pre.add_argument("--sync-bn", action="store_true", help="BatchNorm statistics over all workers (GPU only)")
     pre.add_argument("--compile", action="store_true", help="torch.compile the backbone (measured: bench/RESULTS.md)")
+    pre.add_argument("--online-probe", action="store_true",
+                     help="train a linear classifier on detached features alongside; logs probe_acc per epoch")
     pre.add_argument("--address", default=None, help="Ray cluster to join (default: a private local Ray)")
     pre.set_defaults(func=_pretrain)
 

@@ -56,11 +56,12 @@ class PretrainConfig:
     sync_bn: bool = False  # BatchNorm statistics over all workers (GPU only); the paper's is per worker
     precision: str = "fp32"  # or bf16: autocast of the forward pass
     compile: bool = False  # torch.compile the backbone (a one-off compile of 10-60 s per worker)
+    online_probe: bool = False  # a linear classifier on detached features, trained alongside (probe_acc)
     out: str = "runs/run"
 
     # Fields that may change when a run is resumed: they do not change what is learned.
     RESUMABLE = ("epochs", "checkpoint_every", "loader_workers", "cpus_per_worker", "gpus_per_worker", "max_failures",
-                 "root", "data_uri", "out", "compile")
+                 "root", "data_uri", "out", "compile", "online_probe")
 
     def validate(self) -> "PretrainConfig":
         from rrdist.data.datasets import DATASETS

@@ -37,3 +37,34 @@ def test_same_seed_same_loss_trace(digits_root):
     assert len(a) == 2 * (1437 // 32) and steps[:2] == [1437 // 32] * 2
     assert a == b  # bit-identical
     assert a != c
+
+
+def test_online_probe_learns_without_changing_the_training(digits_root):
+    """The probe trains on detached features: the loss trace is the same with and without it."""
+    from rrdist.train.probe import OnlineProbe
+
+    manifest = load_manifest("digits", digits_root)
+    traces = []
+    for with_probe in (False, True):
+        cfg = PretrainConfig(dataset="digits", K=3, batch_size=32, seed=0)
+        torch.manual_seed(cfg.seed)
+        method = build_method(cfg)
+        optimizer = method.configure_optimizer()
+        loader = image_loader(split_path(manifest, "train"), cfg.batch_size, train=True, seed=cfg.seed)
+        torch.set_num_threads(1)
+        augment = KViewAugment(32, tuple(manifest["mean"]), tuple(manifest["std"]))
+        generator = view_generator(0, torch.device("cpu"))
+        method.generator = generator
+        generator.manual_seed(epoch_seed(cfg.seed, 0, 0))
+        probe = OnlineProbe(method.backbone, 64, 10, torch.device("cpu")) if with_probe else None
+        start = probe.classifier.weight.detach().clone() if probe else None
+        trace = []
+        train_epoch(method, loader, augment, optimizer, cfg.K, generator, torch.device("cpu"), trace=trace,
+                    probe=probe)
+        traces.append(trace)
+    assert traces[0] == traces[1]
+    correct, counted = probe.take_accuracy().tolist()
+    assert counted == 3 * 32 * (1437 // 32)  # every view of every step, labels tiled over the views
+    assert 0 < correct <= counted
+    assert not torch.allclose(probe.classifier.weight, start)  # it trained
+    assert probe.take_accuracy().sum() == 0  # reset for the next epoch

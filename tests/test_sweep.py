@@ -194,12 +194,21 @@ def test_killed_sweep_resumes_without_rerunning_finished_trials(tmp_path, digits
 def test_points_axis_runs_one_trial_per_bundle(tmp_path, digits_root):
     # The first bundle also runs the semi-supervised variant (label indices through the real loader).
     points = ["aggregation=sum+label_fraction=0.5", "head=dot"]
-    space = write_space(tmp_path / "variants.yaml", axes={"variant": {"points": points}},
-                        seeds=1, evaluations={"linear": {"epochs": 2}})
+    # Both trials also train an online probe and run every kind of evaluation.
+    fixed = {"dataset": "digits", "backbone": "conv4", "epochs": 1, "batch_size": 64, "online_probe": True}
+    space = write_space(tmp_path / "variants.yaml", axes={"variant": {"points": points}}, seeds=1, fixed=fixed,
+                        evaluations={"linear": {"epochs": 2}, "retrieval": {"per_class": 10},
+                                     "finetune": {"epochs": 1}})
     sweep_dir = run_sweep(space, root=str(digits_root), out=tmp_path / "sweeps", **QUIET)
     trials = records(sweep_dir)
     assert sorted(trials) == [f"variant={p},seed=0" for p in points]
     got = {(t["config"]["aggregation"], t["config"]["head"], t["config"]["label_fraction"]) for t in trials.values()}
     assert got == {("sum", "relation", 0.5), ("cat", "dot", 0.0)}
     assert all(t["status"] == "completed" for t in trials.values())
-    assert "aggregation=sum" in (sweep_dir / "results.md").read_text()
+    for t in trials.values():
+        for key in ("linear_acc", "retrieval_acc", "finetune_acc", "probe_acc"):
+            assert 0.0 < t["metrics"][key] <= 1.0, (key, t["metrics"])
+        run = sweep_dir / "trials" / t["trial"] / "eval"
+        assert {"retrieval-digits.json", "retrieval-digits.png", "finetune-digits.json"} <= {f.name for f in run.iterdir()}
+    report = (sweep_dir / "results.md").read_text()
+    assert "aggregation=sum" in report and "finetune acc" in report and "retrieval acc" in report

@@ -69,7 +69,7 @@ def set_kernel_threads(n: int) -> None:
 def train_epoch(model: torch.nn.Module, loader, augment, optimizer: torch.optim.Optimizer, K: int,
                 generator: torch.Generator, device: torch.device, fault: str | None = None,
                 trace: list[float] | None = None, precision: str = "fp32",
-                on_step=None, targets=None) -> torch.Tensor:
+                on_step=None, targets=None, probe=None) -> torch.Tensor:
     """One pass over the loader; returns the device-side sums [loss, acc, steps, nonfinite, views].
 
     `targets(labels, indices)`, when given, makes each step's targets (the loader then yields indices).
@@ -81,6 +81,7 @@ def train_epoch(model: torch.nn.Module, loader, augment, optimizer: torch.optim.
             on_step(step)
         images = batch[0].to(device, non_blocking=True)
         labels = batch[1].to(device, non_blocking=True)
+        raw_labels = labels
         if targets is not None:
             labels = targets(labels, batch[2].to(device, non_blocking=True))
         views = augment(images, K, generator)
@@ -91,6 +92,8 @@ def train_epoch(model: torch.nn.Module, loader, augment, optimizer: torch.optim.
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        if probe is not None:
+            probe.step(raw_labels)
         sums[LOSS] += metrics["loss"]
         sums[ACC] += metrics["pair_acc"]
         sums[STEPS] += 1
@@ -148,6 +151,11 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     loader = image_loader(split, cfg.batch_size, train=True, num_workers=cfg.loader_workers,
                           seed=cfg.seed, distributed=world > 1, device=device, indices=method.needs_indices)
     images = TrainingImages(data, device)
+    probe = None
+    if cfg.online_probe:
+        from rrdist.train.probe import OnlineProbe
+
+        probe = OnlineProbe(method.backbone, method.backbone.feature_size, data["num_classes"], device)
     loader.next_epoch = start_epoch
     torch.set_num_threads(cfg.cpus_per_worker)
     set_kernel_threads(cfg.cpus_per_worker)
@@ -170,9 +178,12 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         kill = worker_kill_hook(fault, rank, epoch, run_dir)
         sums = train_epoch(model, loader, augment, optimizer, method.views_per_image, generator, device, fault,
                            precision=cfg.precision, on_step=kill,
-                           targets=method.targets if method.needs_indices else None)
+                           targets=method.targets if method.needs_indices else None, probe=probe)
+        probe_sums = probe.take_accuracy() if probe is not None else None
         if world > 1:
             torch.distributed.all_reduce(sums)  # global metrics, not rank 0's share
+            if probe_sums is not None:
+                torch.distributed.all_reduce(probe_sums)
         elapsed = time.perf_counter() - start
         if world > 1:
             elapsed_t = torch.tensor([elapsed], dtype=torch.float64, device=device)
@@ -189,8 +200,12 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         metrics = {"epoch": done, "loss": loss_sum / max(steps, 1), "pair_acc": acc_sum / max(steps, 1),
                    "views_per_s": views / max(elapsed, 1e-9), "epoch_time_s": elapsed, "steps": int(steps),
                    **method.epoch_metrics()}
+        if probe_sums is not None:
+            correct, counted = probe_sums.tolist()
+            metrics["probe_acc"] = correct / max(counted, 1.0)
         if writer is not None:
-            for key in ("loss", "pair_acc", "views_per_s", "epoch_time_s", *method.epoch_metrics()):
+            for key in ("loss", "pair_acc", "views_per_s", "epoch_time_s", *method.epoch_metrics(),
+                        *(["probe_acc"] if probe is not None else [])):
                 writer.add_scalar(f"pretrain/{key}", metrics[key], done)
             writer.flush()
             with open(run_dir / "metrics.jsonl", "a") as f:

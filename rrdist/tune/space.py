@@ -12,7 +12,7 @@ samples: 1                     # draws of the random axes (choice / uniform / lo
 trial: {workers: 1, cpus_per_worker: 1, gpus_per_worker: 0}   # per trial; fractional GPUs share one
 concurrency: 2                 # trials at once (0: as many as the cluster fits)
 scheduler: fifo                # or {asha: {metric: loss, mode: min, grace_period: 5, reduction_factor: 2}}
-evaluations: {linear: {epochs: 100}, linear_random: {epochs: 100}}
+evaluations: {linear: {epochs: 100}, linear_random: {epochs: 100}}   # also finetune: {epochs}, retrieval: {per_class}
 per_method:                    # settings of one method's trials (over 'fixed'), e.g. its paper batch size
   simclr: {batch_size: 128}
 ```
@@ -36,8 +36,11 @@ AXIS_KINDS = ("grid", "choice", "uniform", "loguniform", "points")
 TRIAL_KEYS = {"workers": int, "cpus_per_worker": int, "gpus_per_worker": float, "loader_workers": int}
 # Set by the sweep itself, not by a space: where trials live and what resources they get.
 NOT_SWEEPABLE = ("out", "root", "seed", "workers", "cpus_per_worker", "gpus_per_worker", "use_gpu", "loader_workers")
-EVALUATIONS = {"linear": "trained", "linear_random": "random"}  # name -> backbone weights evaluated
-EVAL_KEYS = {"epochs": int, "batch_size": int, "lr": float}
+EVALUATIONS = {"linear": "trained", "linear_random": "random", "finetune": "trained",
+               "retrieval": "trained"}  # name -> backbone weights evaluated
+_LINEAR_KEYS = {"epochs": int, "batch_size": int, "lr": float}
+EVAL_KEYS = {"linear": _LINEAR_KEYS, "linear_random": _LINEAR_KEYS, "finetune": {"epochs": int, "batch_size": int},
+             "retrieval": {"per_class": int}}
 ASHA_KEYS = {"metric": str, "mode": str, "grace_period": int, "reduction_factor": float}
 
 
@@ -230,9 +233,9 @@ def parse(data: Any, source: str = "space", default_name: str = "sweep") -> Swee
             _fail(source, f"evaluations.{name}", f"is not an evaluation: use {', '.join(EVALUATIONS)}")
         settings = settings or {}
         for key, value in settings.items():
-            if key not in EVAL_KEYS:
-                _fail(source, f"evaluations.{name}.{key}", f"is not a setting: use {', '.join(EVAL_KEYS)}")
-            settings[key] = EVAL_KEYS[key](value)
+            if key not in EVAL_KEYS[name]:
+                _fail(source, f"evaluations.{name}.{key}", f"is not a setting: use {', '.join(EVAL_KEYS[name])}")
+            settings[key] = EVAL_KEYS[name][key](value)
         evaluations[name] = settings
 
     spec = SweepSpec(name=str(data.get("name") or default_name), fixed=fixed, axes=axes, seeds=seed_list,

@@ -34,6 +34,24 @@ def trial_name(axes: dict[str, Any], seed: int, trial_id: str | None = None) -> 
     return ",".join(parts) + (f"_{trial_id}" if trial_id else "")
 
 
+def run_evaluation(run_dir: Path, evaluation: str, settings: dict[str, Any]) -> float:
+    """One evaluation of a finished trial; its headline accuracy (retrieval: top-10)."""
+    from rrdist.tune.space import EVALUATIONS
+
+    if evaluation in ("linear", "linear_random"):
+        from rrdist.eval.linear import LinearSettings, evaluate_linear
+
+        outcome = evaluate_linear(run_dir, init=EVALUATIONS[evaluation], settings=LinearSettings(**settings))
+        return outcome["test_accuracy"]
+    if evaluation == "finetune":
+        from rrdist.eval.finetune import FinetuneSettings, evaluate_finetune
+
+        return evaluate_finetune(run_dir, settings=FinetuneSettings(**settings))["test_accuracy"]
+    from rrdist.eval.retrieval import evaluate_retrieval
+
+    return evaluate_retrieval(run_dir, **settings)["top10"]["accuracy"]
+
+
 def read_record(run_dir: Path) -> dict[str, Any] | None:
     try:
         return json.loads((Path(run_dir) / RECORD).read_text())
@@ -50,9 +68,8 @@ def run_trial(params: dict[str, Any], context: SweepContext) -> None:
     from ray.tune.integration.ray_train import TuneReportCallback
 
     from rrdist.errors import find_user_message, first_line
-    from rrdist.eval.linear import LinearSettings, evaluate_linear
     from rrdist.train.trainer import pretrain
-    from rrdist.tune.space import EVALUATIONS, has_random_axes, parse
+    from rrdist.tune.space import has_random_axes, parse
 
     spec = parse(context.spec, source="sweep.yaml")
     axes = {name: params[name] for name in spec.axes}
@@ -70,9 +87,10 @@ def run_trial(params: dict[str, Any], context: SweepContext) -> None:
     try:
         result = pretrain(cfg, callbacks=[TuneReportCallback()])
         metrics = {k: result.metrics.get(k) for k in ("epoch", "loss", "pair_acc", "views_per_s")}
+        if "probe_acc" in result.metrics:
+            metrics["probe_acc"] = result.metrics["probe_acc"]
         for evaluation, settings in spec.evaluations.items():
-            outcome = evaluate_linear(run_dir, init=EVALUATIONS[evaluation], settings=LinearSettings(**settings))
-            metrics[f"{evaluation}_acc"] = outcome["test_accuracy"]
+            metrics[f"{evaluation}_acc"] = run_evaluation(run_dir, evaluation, settings)
     except Exception as e:
         message = find_user_message(e) or f"{type(e).__name__}: {first_line(e)}"
         write_record(run_dir, {**record, "status": "failed", "error": message})
