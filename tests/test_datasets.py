@@ -155,3 +155,26 @@ def test_crop_size_per_dataset_follows_the_paper(name, size):
 def test_missing_files_name_what_is_expected(tmp_path, name):
     with pytest.raises(DataError, match=f"no .* found under {tmp_path}"):
         prepare(name, tmp_path, **QUIET)
+
+
+def test_linear_evaluation_on_another_dataset_is_domain_transfer(tmp_path, digits_root):
+    """A digits backbone evaluated on CIFAR-100 files (both 32x32): the transfer setting of Table 1."""
+    import json
+
+    from rrdist.config import PretrainConfig
+    from rrdist.eval.linear import LinearSettings, evaluate_linear
+    from rrdist.models import build_backbone
+    from rrdist.train.checkpoint import save_backbone
+
+    write_cifar100(tmp_path / "c100", np.random.default_rng(5))
+    run = tmp_path / "run"
+    run.mkdir()
+    cfg = PretrainConfig(dataset="digits", root=str(digits_root), out=str(run))
+    (run / "config.yaml").write_text(cfg.to_yaml())
+    save_backbone(run, build_backbone("conv4"), cfg.to_dict(), 1)
+    for name in ("cifar100", "cifar100-20"):
+        result = evaluate_linear(run, dataset=name, root=str(tmp_path / "c100"), settings=LinearSettings(epochs=2),
+                                 device="cpu", log=lambda *a: None)
+        saved = json.loads((run / "eval" / f"linear-trained-{name}.json").read_text())
+        assert saved["dataset"] == name and saved["pretrain_dataset"] == "digits"
+        assert saved["n_test"] == 7 and saved["test_accuracy"] == result["test_accuracy"]

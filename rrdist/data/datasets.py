@@ -258,15 +258,22 @@ def read_stl10(root: Path | None, download: bool, image_size: int | None) -> dic
 
 
 # --------------------------------------------------------------------------- tiny-ImageNet
+TINY_IMAGENET_URL = "http://cs231n.stanford.edu/tiny-imagenet-200.zip"
+
+
 def read_tiny_imagenet(root: Path | None, download: bool, image_size: int | None) -> dict[str, Split]:
     """The official `tiny-imagenet-200` layout as distributed: wnids.txt, train/<wnid>/images/*.JPEG,
     val/images/*.JPEG labelled by val/val_annotations.txt (the test split here; the official test
     set has no labels)."""
     from PIL import Image
 
-    if download:
-        raise DataError("tiny-ImageNet has no download here: get tiny-imagenet-200.zip from "
-                        "http://cs231n.stanford.edu/tiny-imagenet-200.zip and unzip it under --root")
+    if download and not (Path(root) / "tiny-imagenet-200" / "wnids.txt").is_file():
+        try:
+            from torchvision.datasets.utils import download_and_extract_archive
+            download_and_extract_archive(TINY_IMAGENET_URL, str(root))
+        except Exception as e:
+            raise DataError(f"downloading tiny-ImageNet failed ({first_line(e)}): get {TINY_IMAGENET_URL} "
+                            f"and unzip it under {root}") from None
     root = _require_root(root, "tiny-imagenet")
     folder = next((c for c in (root, root / "tiny-imagenet-200") if (c / "wnids.txt").is_file()), None)
     if folder is None:
