@@ -248,3 +248,23 @@ def test_label_fraction_is_checked():
         PretrainConfig(dataset="digits", method="simclr", label_fraction=0.1).validate()
     with pytest.raises(ConfigError, match="unknown head"):
         PretrainConfig(dataset="digits", head="cosine").validate()
+
+
+def test_deepcluster_refuses_too_few_images_before_anything_starts(tmp_path):
+    from PIL import Image
+
+    from rrdist.errors import DataError
+    from rrdist.train.trainer import pretrain
+
+    rng = torch.Generator().manual_seed(0)
+    for split in ("train", "test"):
+        for c in ("a", "b"):
+            (tmp_path / "data" / split / c).mkdir(parents=True)
+            for i in range(3):
+                pixels = torch.randint(0, 256, (32, 32, 3), generator=rng, dtype=torch.uint8).numpy()
+                Image.fromarray(pixels).save(tmp_path / "data" / split / c / f"{i}.png")
+    cfg = PretrainConfig(method="deepcluster", dataset="imagefolder", root=str(tmp_path / "data"), epochs=1,
+                         batch_size=2, out=str(tmp_path / "run"))
+    with pytest.raises(DataError, match="20 clusters .* has 6 images: use a larger dataset"):
+        pretrain(cfg, log=lambda *a: None)
+    assert not (tmp_path / "run").exists()  # refused before the run folder was made

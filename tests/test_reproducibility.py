@@ -10,7 +10,7 @@ from rrdist.methods import build_method
 from rrdist.train.loop import STEPS, epoch_seed, train_epoch
 
 
-def loss_trace(root, seed, steps_seen):
+def loss_trace(root, seed, steps_seen, probe_factory=None, epochs=2):
     manifest = load_manifest("digits", root)
     cfg = PretrainConfig(dataset="digits", K=3, batch_size=32, seed=seed)
     torch.manual_seed(cfg.seed)
@@ -21,10 +21,12 @@ def loss_trace(root, seed, steps_seen):
     augment = KViewAugment(32, tuple(manifest["mean"]), tuple(manifest["std"]))
     generator = view_generator(0, torch.device("cpu"))
     method.generator = generator
+    probe = probe_factory(method.backbone) if probe_factory else None
     trace = []
-    for epoch in range(2):
+    for epoch in range(epochs):
         generator.manual_seed(epoch_seed(cfg.seed, 0, epoch))
-        sums = train_epoch(method, loader, augment, optimizer, cfg.K, generator, torch.device("cpu"), trace=trace)
+        sums = train_epoch(method, loader, augment, optimizer, cfg.K, generator, torch.device("cpu"), trace=trace,
+                           probe=probe)
         steps_seen.append(int(sums[STEPS]))
     return trace
 
@@ -43,26 +45,17 @@ def test_online_probe_learns_without_changing_the_training(digits_root):
     """The probe trains on detached features: the loss trace is the same with and without it."""
     from rrdist.train.probe import OnlineProbe
 
-    manifest = load_manifest("digits", digits_root)
-    traces = []
-    for with_probe in (False, True):
-        cfg = PretrainConfig(dataset="digits", K=3, batch_size=32, seed=0)
-        torch.manual_seed(cfg.seed)
-        method = build_method(cfg)
-        optimizer = method.configure_optimizer()
-        loader = image_loader(split_path(manifest, "train"), cfg.batch_size, train=True, seed=cfg.seed)
-        torch.set_num_threads(1)
-        augment = KViewAugment(32, tuple(manifest["mean"]), tuple(manifest["std"]))
-        generator = view_generator(0, torch.device("cpu"))
-        method.generator = generator
-        generator.manual_seed(epoch_seed(cfg.seed, 0, 0))
-        probe = OnlineProbe(method.backbone, 64, 10, torch.device("cpu")) if with_probe else None
-        start = probe.classifier.weight.detach().clone() if probe else None
-        trace = []
-        train_epoch(method, loader, augment, optimizer, cfg.K, generator, torch.device("cpu"), trace=trace,
-                    probe=probe)
-        traces.append(trace)
-    assert traces[0] == traces[1]
+    probes = []
+
+    def make_probe(backbone):
+        probes.append(OnlineProbe(backbone, 64, 10, torch.device("cpu")))
+        probes.append(probes[0].classifier.weight.detach().clone())
+        return probes[0]
+
+    plain = loss_trace(digits_root, 0, [], epochs=1)
+    probed = loss_trace(digits_root, 0, [], probe_factory=make_probe, epochs=1)
+    assert plain == probed
+    probe, start = probes
     correct, counted = probe.take_accuracy().tolist()
     assert counted == 3 * 32 * (1437 // 32)  # every view of every step, labels tiled over the views
     assert 0 < correct <= counted

@@ -1,5 +1,5 @@
-"""SimCLR: NT-Xent against a written-out reference, a few training steps, and the global-batch
-gradient with 2 Ray Train workers equal to one process on the concatenated batch."""
+"""SimCLR: NT-Xent against a written-out reference and the global-batch gradient with 2 Ray Train
+workers equal to one process on the concatenated batch (training steps: test_baselines.py)."""
 
 import math
 import sys
@@ -48,24 +48,6 @@ def test_nt_xent_on_a_slice_of_the_global_batch():
     view_major = torch.cat([z[0, :5], z[1, :5], z[0, 5:], z[1, 5:]])
     whole = nt_xent(view_major, view_major, 0, 0.5)[0]
     assert torch.allclose((parts[0] + parts[1]) / 2, whole)
-
-
-def test_simclr_training_steps_change_the_backbone_and_lower_the_loss():
-    torch.manual_seed(0)
-    method = build_method(PretrainConfig(method="simclr", batch_size=16))
-    assert method.views_per_image == 2
-    optimizer = method.configure_optimizer()
-    views = torch.randn(32, 3, 32, 32, generator=torch.Generator().manual_seed(1))
-    before = [p.detach().clone() for p in method.backbone.parameters()]
-    losses = []
-    for _ in range(8):
-        loss, metrics = method(views, None)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        losses.append(float(loss))
-    assert losses[-1] < losses[0]
-    assert any(not torch.equal(a, b) for a, b in zip(before, method.backbone.parameters()))
 
 
 M = 6

@@ -67,12 +67,27 @@ def _class_dirs(split_dir: Path) -> list[Path]:
     return sorted(p for p in split_dir.iterdir() if p.is_dir())
 
 
-def read_image_tree(split_dirs: dict[str, Path], image_size: int | None,
-                    classes: list[str] | None = None) -> dict[str, Split]:
-    """Read `<split>/<class>/<image>` trees; class indices follow sorted class-folder names."""
+def read_images(paths: list[Path], image_size: int | None, split: str) -> list[np.ndarray]:
+    """uint8 RGB arrays of image files, resized to image_size x image_size when given."""
     from PIL import Image
     from tqdm import tqdm
 
+    arrays = []
+    for path in tqdm(paths, desc=f"reading {split}", unit="img", leave=False):
+        try:
+            with Image.open(path) as img:
+                img = img.convert("RGB")
+                if image_size is not None and img.size != (image_size, image_size):
+                    img = img.resize((image_size, image_size), Image.BILINEAR)
+                arrays.append(np.asarray(img, dtype=np.uint8))
+        except OSError as e:
+            raise DataError(f"cannot read image {path} ({e}): remove or replace the file") from None
+    return arrays
+
+
+def read_image_tree(split_dirs: dict[str, Path], image_size: int | None,
+                    classes: list[str] | None = None) -> dict[str, Split]:
+    """Read `<split>/<class>/<image>` trees; class indices follow sorted class-folder names."""
     if classes is None:
         classes = [p.name for p in _class_dirs(next(iter(split_dirs.values())))]
     index = {name: i for i, name in enumerate(classes)}
@@ -88,16 +103,7 @@ def read_image_tree(split_dirs: dict[str, Path], image_size: int | None,
         if not files:
             raise DataError(f"no images found in {split_dir}/<class>/: expected files such as "
                             f"{split_dir}/<class>/0001.jpg")
-        arrays = []
-        for path, _ in tqdm(files, desc=f"reading {split}", unit="img", leave=False):
-            try:
-                with Image.open(path) as img:
-                    img = img.convert("RGB")
-                    if image_size is not None and img.size != (image_size, image_size):
-                        img = img.resize((image_size, image_size), Image.BILINEAR)
-                    arrays.append(np.asarray(img, dtype=np.uint8))
-            except OSError as e:
-                raise DataError(f"cannot read image {path} ({e}): remove or replace the file") from None
+        arrays = read_images([path for path, _ in files], image_size, split)
         shapes = {a.shape for a in arrays}
         if len(shapes) > 1:
             raise DataError(f"images in {split_dir} have different sizes {sorted(shapes)[:3]}: "
@@ -265,8 +271,6 @@ def read_tiny_imagenet(root: Path | None, download: bool, image_size: int | None
     """The official `tiny-imagenet-200` layout as distributed: wnids.txt, train/<wnid>/images/*.JPEG,
     val/images/*.JPEG labelled by val/val_annotations.txt (the test split here; the official test
     set has no labels)."""
-    from PIL import Image
-
     if download and not (Path(root) / "tiny-imagenet-200" / "wnids.txt").is_file():
         try:
             from torchvision.datasets.utils import download_and_extract_archive
@@ -289,16 +293,7 @@ def read_tiny_imagenet(root: Path | None, download: bool, image_size: int | None
     classes = [words.get(w, w) for w in wnids]
 
     def load(files: list[tuple[Path, int]], split: str) -> Split:
-        arrays = []
-        for path, _ in files:
-            try:
-                with Image.open(path) as img:
-                    img = img.convert("RGB")
-                    if image_size is not None and img.size != (image_size, image_size):
-                        img = img.resize((image_size, image_size), Image.BILINEAR)
-                    arrays.append(np.asarray(img, dtype=np.uint8))
-            except OSError as e:
-                raise DataError(f"cannot read image {path} ({e}): remove or replace the file") from None
+        arrays = read_images([path for path, _ in files], image_size, split)
         if not arrays:
             raise DataError(f"no images in tiny-ImageNet's {split} split under {folder}")
         return Split(np.stack(arrays), np.array([c for _, c in files], dtype=np.int64), classes)

@@ -34,6 +34,10 @@ class Method(nn.Module):
     def configure_optimizer(self) -> torch.optim.Optimizer:
         return torch.optim.Adam(self.parameters(), lr=self.cfg.lr)
 
+    @classmethod
+    def check_data(cls, cfg: PretrainConfig, manifest: dict) -> None:
+        """Refuse, before anything starts, data this method cannot train on (raise a DataError)."""
+
     def on_epoch_start(self, epoch: int, optimizer: torch.optim.Optimizer, images=None) -> None:
         """Called before every epoch (counted from 0), also after a resume: schedules live here.
 

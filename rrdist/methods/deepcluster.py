@@ -36,7 +36,7 @@ def cluster(features: np.ndarray, k: int, seed: int) -> np.ndarray:
     from sklearn.decomposition import PCA
     from sklearn.preprocessing import normalize
 
-    x = PCA(n_components=min(PCA_DIM, features.shape[1]), whiten=True, random_state=seed).fit_transform(features)
+    x = PCA(n_components=min(PCA_DIM, *features.shape), whiten=True, random_state=seed).fit_transform(features)
     x = normalize(x)
     return KMeans(n_clusters=k, n_init=1, random_state=seed).fit(x).labels_.astype(np.int64)
 
@@ -50,14 +50,19 @@ class DeepCluster(Method):
         self.pseudo_labels: torch.Tensor | None = None  # [N] by training-image index, for this epoch
         self.nmi = float("nan")
 
+    @classmethod
+    def check_data(cls, cfg: PretrainConfig, manifest: dict) -> None:
+        clusters = CLUSTERS_PER_CLASS * manifest["num_classes"]
+        count = manifest["splits"][manifest.get("pretrain_split", "train")]["n"]
+        if count < clusters:
+            raise DataError(f"DeepCluster makes {clusters} clusters ({CLUSTERS_PER_CLASS} per class) but the "
+                            f"training split has {count} images: use a larger dataset")
+
     def on_epoch_start(self, epoch: int, optimizer: torch.optim.Optimizer, images=None) -> None:
         from sklearn.metrics import normalized_mutual_info_score
 
         if images is None:
             raise RuntimeError("DeepCluster clusters the training images at every epoch: pass them")
-        if images.count < self.clusters:
-            raise DataError(f"DeepCluster makes {self.clusters} clusters ({CLUSTERS_PER_CLASS} per class) but the "
-                            f"training split has {images.count} images: use a larger dataset")
         device = next(self.parameters()).device
         distributed = dist.is_available() and dist.is_initialized()
         if not distributed or dist.get_rank() == 0:  # one clustering, shared: every rank uses the same labels

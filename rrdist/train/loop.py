@@ -147,7 +147,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         from rrdist.data.staging import stage
 
         stage(data["uri"], data["dataset"], data["root"], log=print if rank == 0 else (lambda *a: None))
-    split = data.get("labelled", data["train"]) if method.needs_labels else data["train"]
+    split = data["labelled"] if method.needs_labels else data["train"]
     loader = image_loader(split, cfg.batch_size, train=True, num_workers=cfg.loader_workers,
                           seed=cfg.seed, distributed=world > 1, device=device, indices=method.needs_indices)
     images = TrainingImages(data, device)

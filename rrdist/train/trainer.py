@@ -76,6 +76,9 @@ def pretrain(cfg: PretrainConfig, address: str | None = None, log=print, callbac
         manifest = {**remote_manifest(cfg.data_uri, cfg.dataset), "dir": str(Path(cfg.root).resolve() / "ffcv" / cfg.dataset)}
     else:
         manifest = ensure_prepared(cfg.dataset, cfg.root, log=log)
+    from rrdist.methods import METHODS
+
+    METHODS[cfg.method].check_data(cfg, manifest)
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic.write_text(run_dir / "config.yaml", cfg.to_yaml())
 
