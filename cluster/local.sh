@@ -1,8 +1,6 @@
 #!/usr/bin/env bash
-# A single-node Ray head for local use. Its dashboard and job API listen on 127.0.0.1 only.
-# Ray 2.60 maps a loopback node address to the machine's own address (resolve_ip_for_localhost),
-# so its internal ports (GCS, raylet, object manager, client server) listen on every interface:
-# on a machine with a public address, block them with a host firewall.
+# A single-node Ray head for local use: every port it opens (GCS, raylet, object manager, client
+# server, dashboard, job API, workers) listens on 127.0.0.1 only.
 #   cluster/local.sh start    # then: rrdist submit --follow -- pretrain ...
 #   cluster/local.sh status
 #   cluster/local.sh stop     # stops this head only (its processes are found by its own temp dir)
@@ -18,6 +16,10 @@ agent="${RRDIST_AGENT_PORT:-52365}"
 bin="$(pwd)/.venv/bin"
 [ -x "$bin/ray" ] || { echo "no .venv: run 'bash scripts/bootstrap.sh test' (or demo) first" >&2; exit 2; }
 export PATH="$bin:$PATH" RAY_USAGE_STATS_ENABLED=0  # jobs run the venv's python
+# `ray start` replaces a loopback --node-ip-address with the machine's address unless Ray runs in its
+# single-machine mode; this switch (named for macOS/Windows, honoured on Linux) keeps the node, and
+# so every service and worker of this head and the jobs it runs, on 127.0.0.1.
+export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0
 
 case "${1:-}" in
 start)

@@ -47,12 +47,13 @@ PRETRAIN_FLAGS = {  # config field -> (type, help); the flag is --field-with-das
     "checkpoint_every": (int, "epochs between checkpoints (the last epoch always gets one)"),
     "max_failures": (int, "restarts of the worker group from the last checkpoint after a failure"),
     "precision": (str, "fp32, or bf16 autocast of the forward pass"),
-    "out": (str, "run folder"),
+    "out": (str, "run folder: a path (local or shared filesystem) or a bucket URI (s3://, gs://, ...)"),
 }
 
 
 def _pretrain(args: argparse.Namespace) -> int:
     from rrdist.config import PretrainConfig
+    from rrdist.storage import is_uri
     from rrdist.train.trainer import pretrain
 
     cfg = PretrainConfig.from_yaml(args.config) if args.config else PretrainConfig()
@@ -74,16 +75,26 @@ def _pretrain(args: argparse.Namespace) -> int:
     m = result.metrics
     print(f"done: {m.get('epoch', cfg.epochs)} epochs, loss {m.get('loss', float('nan')):.4f}, "
           f"pair accuracy {m.get('pair_acc', float('nan')):.3f}; backbone in {result.run_dir / 'backbone.pt'}")
-    print(f"next: rrdist evaluate linear --run {cfg.out}    tensorboard --logdir {Path(cfg.out).parent}")
+    logdir = cfg.out if is_uri(cfg.out) else Path(cfg.out).parent
+    print(f"next: rrdist evaluate linear --run {cfg.out}    tensorboard --logdir {logdir}")
     return 0
+
+
+def _run_copy(run: str):
+    """The run folder to evaluate in: the path itself, or a working copy of a run at a URI whose new
+    results (eval/, tb/) go back to the URI."""
+    from rrdist.storage import working_copy
+
+    return working_copy(run, pull=("backbone.pt",), push=("eval", "tb"))
 
 
 def _evaluate(args: argparse.Namespace) -> int:
     from rrdist.eval.linear import LinearSettings, evaluate_linear
 
     settings = LinearSettings(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed)
-    result = evaluate_linear(args.run, init=args.init, dataset=args.dataset, root=args.root,
-                             settings=settings, device=args.device)
+    with _run_copy(args.run) as run_dir:
+        result = evaluate_linear(run_dir, init=args.init, dataset=args.dataset, root=args.root,
+                                 settings=settings, device=args.device)
     print(f"linear evaluation ({args.init} weights) on {result['dataset']}: "
           f"test accuracy {100 * result['test_accuracy']:.2f}%")
     return 0
@@ -92,8 +103,9 @@ def _evaluate(args: argparse.Namespace) -> int:
 def _retrieval(args: argparse.Namespace) -> int:
     from rrdist.eval.retrieval import KS, evaluate_retrieval
 
-    r = evaluate_retrieval(args.run, dataset=args.dataset, root=args.root, per_class=args.per_class, seed=args.seed,
-                           device=args.device)
+    with _run_copy(args.run) as run_dir:
+        r = evaluate_retrieval(run_dir, dataset=args.dataset, root=args.root, per_class=args.per_class,
+                               seed=args.seed, device=args.device)
     scores = ", ".join(f"top-{k} {100 * r[f'top{k}']['accuracy']:.2f}%" for k in KS)
     print(f"retrieval on {r['dataset']} ({r['queries']} queries): {scores}; picture {r['picture']}")
     return 0
@@ -102,8 +114,10 @@ def _retrieval(args: argparse.Namespace) -> int:
 def _finetune(args: argparse.Namespace) -> int:
     from rrdist.eval.finetune import FinetuneSettings, evaluate_finetune
 
-    r = evaluate_finetune(args.run, dataset=args.dataset, root=args.root, device=args.device,
-                          settings=FinetuneSettings(epochs=args.epochs, batch_size=args.batch_size, seed=args.seed))
+    with _run_copy(args.run) as run_dir:
+        r = evaluate_finetune(run_dir, dataset=args.dataset, root=args.root, device=args.device,
+                              settings=FinetuneSettings(epochs=args.epochs, batch_size=args.batch_size,
+                                                        seed=args.seed))
     print(f"finetuning on {r['dataset']}: test accuracy {100 * r['test_accuracy']:.2f}%")
     return 0
 
@@ -111,8 +125,9 @@ def _finetune(args: argparse.Namespace) -> int:
 def _tsne(args: argparse.Namespace) -> int:
     from rrdist.eval.tsne import evaluate_tsne
 
-    r = evaluate_tsne(args.run, dataset=args.dataset, root=args.root, seed=args.seed, max_points=args.max_points,
-                      device=args.device)
+    with _run_copy(args.run) as run_dir:
+        r = evaluate_tsne(run_dir, dataset=args.dataset, root=args.root, seed=args.seed,
+                          max_points=args.max_points, device=args.device)
     print(f"t-SNE of {r['points']} {r['dataset']} test images: {r['picture']}")
     return 0
 
@@ -186,7 +201,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev = sub.add_parser("evaluate", help="evaluate a run's backbone")
     ev_sub = ev.add_subparsers(dest="evaluation", required=True)
     lin = ev_sub.add_parser("linear", help="linear evaluation on frozen, cached features")
-    lin.add_argument("--run", required=True, help="the run folder (pretrain --out)")
+    lin.add_argument("--run", required=True, help="the run folder or URI (pretrain --out)")
     lin.add_argument("--init", default="trained", choices=["trained", "random"])
     lin.add_argument("--dataset", default=None, help="evaluate on another dataset (default: the run's)")
     lin.add_argument("--root", default=None)
@@ -197,7 +212,7 @@ def build_parser() -> argparse.ArgumentParser:
     lin.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     lin.set_defaults(func=_evaluate)
     ret = ev_sub.add_parser("retrieval", help="top-10/100/1000 retrieval accuracy, confusion matrix, query grid")
-    ret.add_argument("--run", required=True, help="the run folder (pretrain --out)")
+    ret.add_argument("--run", required=True, help="the run folder or URI (pretrain --out)")
     ret.add_argument("--dataset", default=None, help="retrieve in another dataset (default: the run's)")
     ret.add_argument("--root", default=None)
     ret.add_argument("--per-class", type=int, default=500, help="queries per class (appendix B.10)")
@@ -205,7 +220,7 @@ def build_parser() -> argparse.ArgumentParser:
     ret.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     ret.set_defaults(func=_retrieval)
     ft = ev_sub.add_parser("finetune", help="backbone + linear classifier trained together (appendix A.6)")
-    ft.add_argument("--run", required=True, help="the run folder (pretrain --out)")
+    ft.add_argument("--run", required=True, help="the run folder or URI (pretrain --out)")
     ft.add_argument("--dataset", default=None)
     ft.add_argument("--root", default=None)
     ft.add_argument("--epochs", type=int, default=100)
@@ -214,7 +229,7 @@ def build_parser() -> argparse.ArgumentParser:
     ft.add_argument("--device", default=None)
     ft.set_defaults(func=_finetune)
     ts = ev_sub.add_parser("tsne", help="t-SNE picture of the test features (appendix B.11)")
-    ts.add_argument("--run", required=True, help="the run folder (pretrain --out)")
+    ts.add_argument("--run", required=True, help="the run folder or URI (pretrain --out)")
     ts.add_argument("--dataset", default=None)
     ts.add_argument("--root", default=None)
     ts.add_argument("--seed", type=int, default=0)

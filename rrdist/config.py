@@ -20,10 +20,16 @@ def read_yaml(path: str | Path, missing_hint: str) -> Any:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path} does not exist: {missing_hint}")
+    return parse_yaml(path.read_text(), path)
+
+
+def parse_yaml(text: str, source: str | Path) -> Any:
     try:
-        return yaml.safe_load(path.read_text())
+        return yaml.safe_load(text)
     except yaml.YAMLError as e:
-        raise ConfigError(f"{path} is not valid YAML ({first_line(e)}): fix its syntax") from None
+        raise ConfigError(f"{source} is not valid YAML ({first_line(e)}): fix its syntax") from None
+
+
 PRECISIONS = ("fp32", "bf16")
 HEADS = ("relation", "dot", "encoder_dot")
 
@@ -120,10 +126,17 @@ class PretrainConfig:
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> "PretrainConfig":
-        data = read_yaml(path, "pass the path of a YAML file of settings") or {}
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"{path} does not exist: pass the path of a YAML file of settings")
+        return cls.from_yaml_text(path.read_text(), path)
+
+    @classmethod
+    def from_yaml_text(cls, text: str, source: str | Path) -> "PretrainConfig":
+        data = parse_yaml(text, source) or {}
         if not isinstance(data, dict):
-            raise ConfigError(f"config file {path} must hold a mapping of settings")
-        return cls.from_dict(data, source=str(path))
+            raise ConfigError(f"config file {source} must hold a mapping of settings")
+        return cls.from_dict(data, source=str(source))
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)

@@ -1,5 +1,8 @@
 import os
+import tempfile
 
+# Working copies of runs at URIs go to a folder of this session (set before Ray starts its workers).
+os.environ.setdefault("RRDIST_CACHE", tempfile.mkdtemp(prefix="rrdist-test-cache-"))
 for key, value in {"RAY_USAGE_STATS_ENABLED": "0", "RAY_TRAIN_ENABLE_PRINT_PATCH": "0",
                    "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}.items():
     os.environ.setdefault(key, value)

@@ -29,8 +29,3 @@ def test_rayjob_manifest():
     workers = spec["rayClusterSpec"]["workerGroupSpecs"][0]["template"]["spec"]["containers"][0]
     assert workers["resources"]["limits"]["nvidia.com/gpu"] == 1
     assert spec["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]["containers"]
-
-
-def test_local_head_binds_its_api_to_loopback():
-    script = (CLUSTER / "local.sh").read_text()
-    assert "--node-ip-address 127.0.0.1" in script and "--dashboard-host 127.0.0.1" in script

@@ -6,6 +6,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 from pathlib import Path
 
 import pytest
@@ -23,7 +24,7 @@ def free_port() -> int:
 def head():
     ray_dir = tempfile.mkdtemp(prefix="rr-", dir="/tmp")  # Ray's socket paths must stay short
     env = {**os.environ, "RRDIST_RAY_DIR": ray_dir, "RRDIST_RAY_PORT": str(free_port()),
-           "RRDIST_DASHBOARD_PORT": str(free_port()), "RRDIST_AGENT_PORT": str(free_port()), "RRDIST_RAY_CPUS": "1"}
+           "RRDIST_DASHBOARD_PORT": str(free_port()), "RRDIST_AGENT_PORT": str(free_port()), "RRDIST_RAY_CPUS": "2"}
     started = subprocess.run(["bash", "cluster/local.sh", "start"], cwd=REPO, env=env, capture_output=True,
                              text=True, timeout=180)
     assert started.returncode == 0, started.stderr[-2000:]
@@ -41,13 +42,67 @@ def rrdist(*args, env=None, timeout=300):
                           text=True, timeout=timeout)
 
 
-def test_submit_follow_and_jobs(head):
+def test_unreachable_head_is_one_line(tmp_path):
+    out = rrdist("submit", "--address", f"http://127.0.0.1:{free_port()}", "--", "data", "list", timeout=120)
+    assert out.returncode == 2
+    assert out.stderr.strip().startswith("rrdist: error: cannot reach the Ray job API")
+    assert len(out.stderr.strip().splitlines()) == 1
+
+
+LOOPBACK = {"127.0.0.1", "::ffff:127.0.0.1", "::1"}
+
+
+def listening(ray_dir):
+    """{(process name and command line, address)} of every listening socket of the head's processes and their children."""
+    import psutil
+
+    found = set()
+    heads = subprocess.run(["pgrep", "-f", "--", ray_dir], capture_output=True, text=True).stdout.split()
+    procs = []
+    for pid in heads:
+        try:
+            p = psutil.Process(int(pid))
+            procs += [p, *p.children(recursive=True)]
+        except psutil.Error:
+            continue
+    for p in procs:
+        try:
+            name = f"{p.name()} {' '.join(p.cmdline())[:60]}"
+            found |= {(name, c.laddr.ip) for c in p.net_connections(kind="inet") if c.status == psutil.CONN_LISTEN}
+        except psutil.Error:
+            continue  # a process that ended meanwhile
+    return found
+
+
+def test_submit_follow_and_jobs_all_on_loopback(head, tmp_path):
+    """A pretraining submitted with --follow, then `rrdist jobs`; meanwhile every port of the local.sh
+    head and of the job (GCS, raylet, object manager, Ray client, dashboard, job API, workers, torch's
+    rendezvous store) listens on 127.0.0.1 only."""
     address, env = head
-    ok = rrdist("submit", "--address", address, "--follow", "--", "data", "list", env=env)
-    assert ok.returncode == 0, ok.stderr[-2000:]
+    seen, stop = set(), threading.Event()
+
+    def sample():
+        while not stop.is_set():
+            seen.update(listening(env["RRDIST_RAY_DIR"]))
+            stop.wait(0.3)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    try:
+        ok = rrdist("submit", "--address", address, "--follow", "--", "pretrain", "--dataset", "digits",
+                    "--root", str(tmp_path / "data"), "--K", "3", "--epochs", "1", "--workers", "2",
+                    "--out", str(tmp_path / "run"), env=env, timeout=600)
+    finally:
+        stop.set()
+        sampler.join()
+    assert ok.returncode == 0, ok.stdout[-2000:] + ok.stderr[-2000:]
     job_id = ok.stdout.splitlines()[0].strip()
-    assert job_id.startswith("raysubmit_")
-    assert "digits" in ok.stdout and "SUCCEEDED" in ok.stderr
+    assert job_id.startswith("raysubmit_") and "SUCCEEDED" in ok.stderr
+    assert "epoch 1/1" in ok.stdout and (tmp_path / "run" / "backbone.pt").is_file()
+    names = " ".join(name for name, _ in seen)
+    assert "gcs_server" in names and "raylet" in names and "RayTrainWorker" in names  # the run was watched
+    exposed = sorted((name, ip) for name, ip in seen if ip not in LOOPBACK)
+    assert exposed == [], f"listening beyond 127.0.0.1: {exposed}"
 
     bad = rrdist("submit", "--address", address, "--follow", "--", "pretrain", "--K", "1", env=env)
     assert bad.returncode == 1  # the job's failure is the command's exit status
@@ -56,14 +111,7 @@ def test_submit_follow_and_jobs(head):
     listed = rrdist("jobs", "list", "--address", address, env=env)
     assert listed.returncode == 0 and job_id in listed.stdout and "FAILED" in listed.stdout
     logs = rrdist("jobs", "logs", job_id, "--address", address, env=env)
-    assert "imagefolder" in logs.stdout
+    assert "pretraining relational/conv4 on digits" in logs.stdout
     assert rrdist("jobs", "status", job_id, "--address", address, env=env).stdout.strip() == "SUCCEEDED"
-    stop = rrdist("jobs", "stop", job_id, "--address", address, env=env)
-    assert stop.returncode == 0 and "already ended" in stop.stdout
-
-
-def test_unreachable_head_is_one_line(tmp_path):
-    out = rrdist("submit", "--address", f"http://127.0.0.1:{free_port()}", "--", "data", "list", timeout=120)
-    assert out.returncode == 2
-    assert out.stderr.strip().startswith("rrdist: error: cannot reach the Ray job API")
-    assert len(out.stderr.strip().splitlines()) == 1
+    stop_job = rrdist("jobs", "stop", job_id, "--address", address, env=env)
+    assert stop_job.returncode == 0 and "already ended" in stop_job.stdout

@@ -3,7 +3,7 @@
 `--data-uri URI` names the remote counterpart of `--root`: `URI/ffcv/<dataset>/` holds the
 manifest and the .beton files that `rrdist data prepare` wrote. Each node copies them once into
 its local `--root`, checks every file's size and SHA-256 against the manifest, reuses a valid
-copy, and fetches a damaged one again. Any URI pyarrow opens works: file://, s3://, gs://, hdfs://.
+copy, and fetches a damaged one again. Any URI pyarrow or fsspec opens works: file://, s3://, gs://, hdfs://, ...
 """
 
 from __future__ import annotations
@@ -16,17 +16,12 @@ from typing import Any
 
 from rrdist import atomic
 from rrdist.data.beton import beton_dir, sha256
-from rrdist.errors import DataError, first_line
+from rrdist.errors import DataError
+from rrdist.storage import open_uri
 
 
 def _remote(uri: str, dataset: str):
-    import pyarrow.fs as pafs
-
-    try:
-        fs, base = pafs.FileSystem.from_uri(uri.rstrip("/"))
-    except Exception as e:
-        raise DataError(f"cannot open --data-uri {uri} ({first_line(e, 150)}): give a URI such as "
-                        f"file:///shared/data or s3://bucket/data") from None
+    fs, base = open_uri(uri, "--data-uri")
     return fs, f"{base}/ffcv/{dataset}"
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,15 @@ def load_state(directory: Path) -> dict[str, Any]:
     except Exception as e:
         raise DataError(f"checkpoint {path} is unreadable ({type(e).__name__}): delete it to fall back "
                         f"to the previous one") from None
+
+
+def state_from_bytes(data: bytes, where: str) -> dict[str, Any]:
+    """A checkpoint read from a run folder at a URI (or a path): the same checks as `load_state`."""
+    try:
+        return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise DataError(f"checkpoint {where}/{STATE_FILE} is unreadable ({type(e).__name__}): delete it to "
+                        f"fall back to the previous one") from None
 
 
 def save_backbone(run_dir: Path, backbone: torch.nn.Module, config: dict[str, Any], epoch: int) -> Path:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import tempfile
 import time
@@ -12,9 +13,9 @@ from typing import Any
 
 import torch
 
-from rrdist import atomic
 from rrdist.config import PretrainConfig
 from rrdist.errors import MARKER, TrainingError
+from rrdist.storage import RunFolder
 
 FAILURE_FILE = "failure.json"  # a failure no restart can fix, for the driver to report
 
@@ -112,13 +113,14 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     from rrdist.data.augment import view_generator
     from rrdist.data.loader import image_loader
     from rrdist.methods import build_method
-    from rrdist.train.checkpoint import save_backbone, save_state
+    from rrdist.train.checkpoint import BACKBONE_FILE, save_backbone, save_state
     from rrdist.train.logs import quiet_ray_logs
 
     quiet_ray_logs()
 
     cfg = PretrainConfig.from_dict(loop_config["config"])
-    run_dir = Path(loop_config["run_dir"])
+    run = RunFolder(loop_config["run"])
+    run_dir = run.local  # where this worker writes; a run at a URI gets its files pushed there
     data = loop_config["data"]
     fault = loop_config.get("fault")
     ctx = ray.train.get_context()
@@ -130,7 +132,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     method = method.to(memory_format=torch.channels_last)  # the views come channels-last too
     optimizer = method.configure_optimizer()
     start_epoch = 0
-    state = resume_state(ray.train.get_checkpoint(), run_dir, announce=rank == 0)
+    state = resume_state(ray.train.get_checkpoint(), run, announce=rank == 0)
     if state is not None:
         method.load_state_dict(state["method"])
         optimizer.load_state_dict(state["optimizer"])
@@ -163,6 +165,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     generator = view_generator(0, device)
     method.generator = generator
 
+    if rank == 0 and run.remote:  # the URI holds the earlier events; this writer adds a file of its own
+        shutil.rmtree(run_dir / "tb", ignore_errors=True)
+        run.pull("metrics.jsonl")
     writer = SummaryWriter(str(run_dir / "tb")) if rank == 0 else None
     if rank == 0 and start_epoch >= cfg.epochs:
         print(f"already complete: {start_epoch} of {cfg.epochs} epochs done")
@@ -192,9 +197,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         loss_sum, acc_sum, steps, nonfinite, views = sums.tolist()  # the epoch's one host sync
         if nonfinite > 0:  # not retried: the same data would diverge again
             if rank == 0:
-                atomic.write_json(run_dir / FAILURE_FILE, {"error": (
+                run.write_text(FAILURE_FILE, json.dumps({"error": (
                     f"the loss became NaN or infinite in epoch {epoch + 1}: lower --lr or check the data; "
-                    f"the last good checkpoint in {run_dir} is kept")})
+                    f"the last good checkpoint in {run} is kept")}))
             return
         done = epoch + 1
         metrics = {"epoch": done, "loss": loss_sum / max(steps, 1), "pair_acc": acc_sum / max(steps, 1),
@@ -210,6 +215,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             writer.flush()
             with open(run_dir / "metrics.jsonl", "a") as f:
                 f.write(json.dumps(metrics) + "\n")
+            run.push("metrics.jsonl", "tb")
             print(f"epoch {done}/{cfg.epochs} loss {metrics['loss']:.4f} pair-acc {metrics['pair_acc']:.3f} "
                   f"{metrics['views_per_s']:.0f} views/s")
         if done % cfg.checkpoint_every == 0 or done == cfg.epochs:
@@ -224,6 +230,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     if rank == 0:
         save_backbone(run_dir, method.backbone, cfg.to_dict(), max(cfg.epochs, start_epoch) if method.trainable else 0)
         writer.close()
+        run.push(BACKBONE_FILE, "tb")
 
 
 def optimizer_to(optimizer: torch.optim.Optimizer, device: torch.device) -> None:
@@ -234,7 +241,7 @@ def optimizer_to(optimizer: torch.optim.Optimizer, device: torch.device) -> None
                 state[k] = v.to(device)
 
 
-def resume_state(checkpoint, run_dir: Path, announce: bool = False) -> dict[str, Any] | None:
+def resume_state(checkpoint, run: RunFolder, announce: bool = False) -> dict[str, Any] | None:
     """The training state to continue from.
 
     Ray's latest checkpoint first. When it is unreadable (a truncated file), or when Ray offers
@@ -243,7 +250,7 @@ def resume_state(checkpoint, run_dir: Path, announce: bool = False) -> dict[str,
     folder only ever holds this run's checkpoints: a folder with other settings is refused.
     """
     from rrdist.errors import DataError
-    from rrdist.train.checkpoint import load_state
+    from rrdist.train.checkpoint import STATE_FILE, load_state, state_from_bytes
 
     problem, newer_than = None, None
     if checkpoint is not None:
@@ -252,19 +259,22 @@ def resume_state(checkpoint, run_dir: Path, announce: bool = False) -> dict[str,
                 return load_state(Path(d))
         except DataError as e:
             problem, newer_than = str(e).split(":")[0], Path(checkpoint.path).name
-    for folder in sorted((run_dir / "train").glob("epoch_*"), reverse=True):
-        if newer_than is not None and folder.name >= newer_than:
+    for folder in reversed(run.subfolders("train")):
+        if not folder.startswith("epoch_") or (newer_than is not None and folder >= newer_than):
             continue
+        data = run.read_bytes(f"train/{folder}/{STATE_FILE}")
         try:
-            state = load_state(folder)
+            state = state_from_bytes(data, f"{run}/train/{folder}") if data is not None else None
         except DataError:
+            continue
+        if state is None:
             continue
         if announce:
             why = f"{problem}; " if problem else ""
-            print(f"[rrdist] {why}resuming from the checkpoint {folder.name} in the run folder")
+            print(f"[rrdist] {why}resuming from the checkpoint {folder} in the run folder")
         return state
     if problem:
-        raise TrainingError(f"{MARKER}no readable checkpoint in {run_dir / 'train'} ({problem}): "
+        raise TrainingError(f"{MARKER}no readable checkpoint in {run}/train ({problem}): "
                             f"choose a new --out folder to start again")
     return None
 

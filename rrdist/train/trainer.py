@@ -8,9 +8,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from rrdist import atomic
 from rrdist.config import PretrainConfig
 from rrdist.errors import ConfigError, RrdistError, TrainingError, find_user_message
+from rrdist.storage import RunFolder
 
 QUIET_RAY = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_TRAIN_ENABLE_PRINT_PATCH": "0",
              "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",
@@ -39,26 +39,28 @@ def init_ray(address: str | None = None) -> None:
         ray.init(address="local", include_dashboard=True, dashboard_host="127.0.0.1", runtime_env=runtime_env)
 
 
-def check_run_folder(cfg: PretrainConfig, run_dir: Path) -> bool:
+def check_run_folder(cfg: PretrainConfig, run: RunFolder | Path) -> bool:
     """Refuse a run folder that holds a different run; True when it holds this one (resume)."""
-    saved = run_dir / "config.yaml"
-    if not saved.is_file():
+    run = run if isinstance(run, RunFolder) else RunFolder(run)
+    saved = f"{run}/config.yaml"
+    text = run.read_text("config.yaml")
+    if text is None:
         return False
     try:
-        old = PretrainConfig.from_yaml(saved)
+        old = PretrainConfig.from_yaml_text(text, saved)
     except RrdistError:
         raise ConfigError(f"{saved} is unreadable: choose a new --out folder") from None
     diff = cfg.differences(old)
     if diff:
         k = diff[0]
-        raise ConfigError(f"{run_dir} holds a run with {k}={getattr(old, k)!r} (now {getattr(cfg, k)!r}): "
+        raise ConfigError(f"{run} holds a run with {k}={getattr(old, k)!r} (now {getattr(cfg, k)!r}): "
                           f"use the same settings to resume it, or choose a new --out folder")
     return True
 
 
 @dataclass
 class PretrainResult:
-    run_dir: Path
+    run_dir: Path  # the run folder, or for a run at a URI its local working copy
     metrics: dict[str, Any]
     resumed: bool
 
@@ -68,8 +70,8 @@ def pretrain(cfg: PretrainConfig, address: str | None = None, log=print, callbac
     from rrdist.data.beton import ensure_prepared, split_path
 
     cfg.validate()
-    run_dir = Path(cfg.out).expanduser().resolve()
-    resumed = check_run_folder(cfg, run_dir)
+    run = RunFolder(cfg.out)
+    resumed = check_run_folder(cfg, run)
     if cfg.data_uri:  # the workers stage it on their nodes; the driver reads the facts it needs
         from rrdist.data.staging import remote_manifest
 
@@ -79,20 +81,21 @@ def pretrain(cfg: PretrainConfig, address: str | None = None, log=print, callbac
     from rrdist.methods import METHODS
 
     METHODS[cfg.method].check_data(cfg, manifest)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    atomic.write_text(run_dir / "config.yaml", cfg.to_yaml())
+    run.write_text("config.yaml", cfg.to_yaml())
 
     from rrdist.train.loop import FAILURE_FILE
 
-    (run_dir / FAILURE_FILE).unlink(missing_ok=True)
+    run.delete(FAILURE_FILE)
     init_ray(address)
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchConfig, TorchTrainer
+    from ray.train.torch import TorchTrainer
+
+    from rrdist.train.rendezvous import AddressBoundTorchConfig
 
     from rrdist.train.loop import train_loop_per_worker
 
     loop_config = {
-        "config": cfg.to_dict(), "run_dir": str(run_dir),
+        "config": cfg.to_dict(), "run": run.location,
         # The split pretraining reads (STL-10: the unlabeled images), and the labelled one for methods using labels.
         "data": {"train": str(split_path(manifest, manifest.get("pretrain_split", "train"))),
                  "labelled": str(split_path(manifest, "train")), "image_size": manifest["image_size"],
@@ -104,17 +107,17 @@ def pretrain(cfg: PretrainConfig, address: str | None = None, log=print, callbac
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config=loop_config,
-        torch_config=TorchConfig(backend="nccl" if cfg.use_gpu else "gloo"),
+        torch_config=AddressBoundTorchConfig(backend="nccl" if cfg.use_gpu else "gloo"),
         scaling_config=ScalingConfig(
             num_workers=cfg.workers, use_gpu=cfg.use_gpu,
             resources_per_worker={"CPU": cfg.cpus_per_worker, **({"GPU": cfg.gpus_per_worker} if cfg.use_gpu else {})}),
         run_config=RunConfig(
-            name="train", storage_path=str(run_dir),
+            name="train", **run.ray_storage(),
             checkpoint_config=CheckpointConfig(num_to_keep=2),
             failure_config=FailureConfig(max_failures=cfg.max_failures),
             callbacks=callbacks or []),
     )
-    log(f"pretraining {cfg.method}/{cfg.backbone} on {cfg.dataset}, K={cfg.K}, {cfg.workers} worker(s) -> {run_dir}")
+    log(f"pretraining {cfg.method}/{cfg.backbone} on {cfg.dataset}, K={cfg.K}, {cfg.workers} worker(s) -> {run}")
     try:
         result = trainer.fit()
     except Exception as e:
@@ -127,10 +130,13 @@ def pretrain(cfg: PretrainConfig, address: str | None = None, log=print, callbac
         if message:
             raise TrainingError(message)
         raise result.error
-    failure = run_dir / FAILURE_FILE
-    if failure.is_file():
-        raise TrainingError(json.loads(failure.read_text())["error"])
-    return PretrainResult(run_dir, last_metrics(run_dir) or dict(result.metrics or {}), resumed)
+    failure = run.read_text(FAILURE_FILE)
+    if failure is not None:
+        raise TrainingError(json.loads(failure)["error"])
+    from rrdist.train.checkpoint import BACKBONE_FILE
+
+    run.pull("config.yaml", "metrics.jsonl", BACKBONE_FILE)  # a run at a URI: evaluations read the working copy
+    return PretrainResult(run.local, last_metrics(run.local) or dict(result.metrics or {}), resumed)
 
 
 def last_metrics(run_dir: Path) -> dict[str, Any]:

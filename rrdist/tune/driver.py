@@ -8,6 +8,7 @@ from typing import Any
 import yaml
 
 from rrdist import atomic
+from rrdist.storage import is_uri
 from rrdist.errors import ConfigError
 from rrdist.tune.space import SweepSpec, has_random_axes, load, param_space
 from rrdist.tune.trial import SweepContext, read_record, run_trial, trial_name, write_record
@@ -86,6 +87,9 @@ def run_sweep(space: str | Path, root: str, out: str | Path = "runs/sweeps", add
     from rrdist.train.trainer import init_ray
     from rrdist.tune.report import write_report
 
+    if is_uri(out):  # trials read and write each other's records and the table: one shared filesystem
+        raise ConfigError(f"sweep --out {out}: a sweep needs a path (local, or a shared filesystem on a "
+                          f"cluster); a single run takes a bucket URI with `rrdist pretrain --out`")
     spec = load(space)
     sweep_dir = Path(out).expanduser().resolve() / spec.name
     root = str(Path(root).expanduser().resolve())

@@ -1,0 +1,177 @@
+"""Run folders on a local or shared path, or at a bucket URI (s3://, gs://, any pyarrow/fsspec URI).
+
+A run folder holds config.yaml, metrics.jsonl, tb/, backbone.pt, eval/ and Ray Train's
+checkpoints (train/epoch_NNNN/). On a path, everything is read and written in place (atomically).
+At a URI, Ray Train writes the checkpoints through the URI's filesystem; the files rrdist writes
+itself are made in a working copy on local disk (`RunFolder.local`; TensorBoard and torch need
+local files) and copied to the URI with `push`. An object store's upload is all-or-nothing, so a
+reader never sees half a file there either.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+from rrdist import atomic
+from rrdist.errors import DataError, first_line
+
+_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+
+
+def is_uri(location: str | os.PathLike) -> bool:
+    return bool(_SCHEME.match(str(location)))
+
+
+def open_uri(uri: str, option: str):
+    """(pyarrow filesystem, path inside it) of a URI: pyarrow's own schemes, else any fsspec protocol."""
+    import pyarrow.fs as pafs
+
+    try:
+        return pafs.FileSystem.from_uri(uri.rstrip("/"))
+    except Exception as pyarrow_error:
+        try:
+            import fsspec
+
+            fs, path = fsspec.core.url_to_fs(uri.rstrip("/"))
+            return pafs.PyFileSystem(pafs.FSSpecHandler(fs)), path
+        except Exception:
+            raise DataError(f"cannot open {option} {uri} ({first_line(pyarrow_error, 150)}): give a path or a "
+                            f"URI such as s3://bucket/runs/name or gs://bucket/runs/name") from None
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("RRDIST_CACHE", Path.home() / ".cache" / "rrdist")).expanduser()
+
+
+class RunFolder:
+    """One run's folder: `location` is a path or a URI; `local` is where this process reads and writes files."""
+
+    def __init__(self, location: str | os.PathLike):
+        self.location = str(location)
+        self.remote = is_uri(self.location)
+        if self.remote:
+            self.fs, self.path = open_uri(self.location, "--out")
+            slug = re.sub(r"[^A-Za-z0-9._-]+", "-", self.path.rstrip("/").split("/")[-1])[:40]
+            digest = hashlib.sha256(self.location.encode()).hexdigest()[:12]
+            self.local = cache_root() / "runs" / f"{slug}-{digest}"
+        else:
+            import pyarrow.fs as pafs
+
+            self.local = Path(self.location).expanduser().resolve()
+            self.fs, self.path = pafs.LocalFileSystem(), str(self.local)
+
+    def __str__(self) -> str:
+        return self.location if self.remote else str(self.local)
+
+    def ray_storage(self) -> dict:
+        """RunConfig arguments that put Ray Train's checkpoints in this folder."""
+        return {"storage_path": self.path, "storage_filesystem": self.fs} if self.remote else {
+            "storage_path": str(self.local)}
+
+    # -- single files, read and written where the run lives
+    def read_bytes(self, name: str) -> bytes | None:
+        if not self.remote:
+            path = self.local / name
+            return path.read_bytes() if path.is_file() else None
+        try:
+            with self.fs.open_input_stream(f"{self.path}/{name}") as f:
+                return f.read()
+        except FileNotFoundError:
+            return None
+        except OSError as e:
+            if "not found" in str(e).lower() or "does not exist" in str(e).lower():
+                return None
+            raise DataError(f"cannot read {self.location}/{name} ({first_line(e, 150)}): check the URI and "
+                            f"your credentials for it") from None
+
+    def read_text(self, name: str) -> str | None:
+        data = self.read_bytes(name)
+        return None if data is None else data.decode()
+
+    def write_text(self, name: str, text: str) -> None:
+        if not self.remote:
+            atomic.write_text(self.local / name, text)
+            return
+        self._upload_bytes(text.encode(), name)
+
+    def delete(self, name: str) -> None:
+        if not self.remote:
+            (self.local / name).unlink(missing_ok=True)
+            return
+        try:
+            self.fs.delete_file(f"{self.path}/{name}")
+        except (FileNotFoundError, OSError):
+            pass
+
+    def subfolders(self, name: str) -> list[str]:
+        """Names of the folders inside `name` (e.g. the checkpoints under train/)."""
+        import pyarrow.fs as pafs
+
+        infos = self.fs.get_file_info(pafs.FileSelector(f"{self.path}/{name}", allow_not_found=True))
+        return sorted(i.base_name for i in infos if i.type == pafs.FileType.Directory)
+
+    # -- the working copy of a run at a URI
+    def push(self, *names: str) -> None:
+        """Copy these files or folders (all their files) of the working copy to the URI."""
+        if not self.remote:
+            return
+        for name in names:
+            source = self.local / name
+            files = [source] if source.is_file() else sorted(p for p in source.rglob("*") if p.is_file())
+            for path in files:
+                self._upload_bytes(path.read_bytes(), path.relative_to(self.local).as_posix())
+
+    def pull(self, *names: str) -> None:
+        """Make these files of the working copy what they are at the URI (absent if absent there)."""
+        if not self.remote:
+            return
+        for name in names:
+            data, target = self.read_bytes(name), self.local / name
+            if data is None:
+                target.unlink(missing_ok=True)
+                continue
+            with atomic.atomic_path(target) as tmp:
+                tmp.write_bytes(data)
+
+    def _upload_bytes(self, data: bytes, name: str) -> None:
+        try:
+            parent = f"{self.path}/{name}".rsplit("/", 1)[0]
+            self.fs.create_dir(parent, recursive=True)
+            with self.fs.open_output_stream(f"{self.path}/{name}") as f:
+                f.write(data)
+        except OSError as e:
+            raise DataError(f"cannot write {self.location}/{name} ({first_line(e, 150)}): check the URI and "
+                            f"your credentials for it") from None
+
+
+@contextmanager
+def working_copy(location: str | os.PathLike, pull: tuple[str, ...], push: tuple[str, ...]) -> Iterator[Path]:
+    """A local folder for a command that reads and writes a run's files (an evaluation): for a run at a
+    URI, `pull` is fetched first and afterwards the files it wrote or changed under `push` are copied back;
+    a path is used in place."""
+    run = RunFolder(location)
+    if not run.remote:
+        yield run.local
+        return
+    if run.read_bytes("config.yaml") is None:
+        raise DataError(f"{run.location} is not a run folder (no config.yaml): pass the --out of `rrdist pretrain`")
+    run.pull("config.yaml", *pull)
+    before = _file_stamps(run.local, push)
+    yield run.local
+    after = _file_stamps(run.local, push)
+    run.push(*[name for name, stamp in after.items() if before.get(name) != stamp])
+
+
+def _file_stamps(folder: Path, names: tuple[str, ...]) -> dict[str, tuple[int, int]]:
+    stamps = {}
+    for name in names:
+        for path in [folder / name, *(folder / name).rglob("*")]:
+            if path.is_file():
+                st = path.stat()
+                stamps[path.relative_to(folder).as_posix()] = (st.st_size, st.st_mtime_ns)
+    return stamps
