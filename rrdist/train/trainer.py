@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,10 @@ def init_ray(address: str | None = None) -> None:
     """Join `address` (or $RAY_ADDRESS, as inside a submitted job), else start a private local Ray."""
     for k, v in QUIET_RAY.items():
         os.environ.setdefault(k, v)
+    if not address and not os.environ.get("RAY_ADDRESS") and "ray" not in sys.modules:
+        # Ray's single-machine mode (read when ray is imported): the private Ray, its workers and
+        # their ports stay on 127.0.0.1, as with cluster/local.sh.
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     import ray
 
     if ray.is_initialized():
