@@ -79,14 +79,12 @@ class RunFolder:
             path = self.local / name
             return path.read_bytes() if path.is_file() else None
         try:
+            if not self._exists(name):
+                return None
             with self.fs.open_input_stream(f"{self.path}/{name}") as f:
                 return f.read()
-        except FileNotFoundError:
-            return None
         except OSError as e:
-            if "not found" in str(e).lower() or "does not exist" in str(e).lower():
-                return None
-            raise DataError(f"cannot read {self.location}/{name} ({first_line(e, 150)}): check the URI and "
+            raise DataError(f"cannot read {name} of the run at {self.location} ({first_line(e, 150)}): check the URI and "
                             f"your credentials for it") from None
 
     def read_text(self, name: str) -> str | None:
@@ -104,9 +102,16 @@ class RunFolder:
             (self.local / name).unlink(missing_ok=True)
             return
         try:
-            self.fs.delete_file(f"{self.path}/{name}")
-        except (FileNotFoundError, OSError):
-            pass
+            if self._exists(name):
+                self.fs.delete_file(f"{self.path}/{name}")
+        except OSError as e:
+            raise DataError(f"cannot delete {name} of the run at {self.location} ({first_line(e, 150)}): check your "
+                            f"credentials for it") from None
+
+    def _exists(self, name: str) -> bool:
+        import pyarrow.fs as pafs
+
+        return self.fs.get_file_info(f"{self.path}/{name}").type != pafs.FileType.NotFound
 
     def subfolders(self, name: str) -> list[str]:
         """Names of the folders inside `name` (e.g. the checkpoints under train/)."""
@@ -145,7 +150,7 @@ class RunFolder:
             with self.fs.open_output_stream(f"{self.path}/{name}") as f:
                 f.write(data)
         except OSError as e:
-            raise DataError(f"cannot write {self.location}/{name} ({first_line(e, 150)}): check the URI and "
+            raise DataError(f"cannot write {name} of the run at {self.location} ({first_line(e, 150)}): check the URI and "
                             f"your credentials for it") from None
 
 
