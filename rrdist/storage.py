@@ -84,8 +84,8 @@ class RunFolder:
             with self.fs.open_input_stream(f"{self.path}/{name}") as f:
                 return f.read()
         except OSError as e:
-            raise DataError(f"cannot read {name} of the run at {self.location} ({first_line(e, 150)}): check the URI and "
-                            f"your credentials for it") from None
+            raise DataError(f"cannot read {name} of the run at {self.location} ({first_line(e, 150)}): "
+                            f"check the URI and your credentials for it") from None
 
     def read_text(self, name: str) -> str | None:
         data = self.read_bytes(name)
@@ -105,8 +105,8 @@ class RunFolder:
             if self._exists(name):
                 self.fs.delete_file(f"{self.path}/{name}")
         except OSError as e:
-            raise DataError(f"cannot delete {name} of the run at {self.location} ({first_line(e, 150)}): check your "
-                            f"credentials for it") from None
+            raise DataError(f"cannot delete {name} of the run at {self.location} ({first_line(e, 150)}): "
+                            f"check your credentials for it") from None
 
     def _exists(self, name: str) -> bool:
         import pyarrow.fs as pafs
@@ -150,8 +150,8 @@ class RunFolder:
             with self.fs.open_output_stream(f"{self.path}/{name}") as f:
                 f.write(data)
         except OSError as e:
-            raise DataError(f"cannot write {name} of the run at {self.location} ({first_line(e, 150)}): check the URI and "
-                            f"your credentials for it") from None
+            raise DataError(f"cannot write {name} of the run at {self.location} ({first_line(e, 150)}): "
+                            f"check the URI and your credentials for it") from None
 
 
 @contextmanager

@@ -53,7 +53,7 @@ LOOPBACK = {"127.0.0.1", "::ffff:127.0.0.1", "::1"}
 
 
 def listening(ray_dir):
-    """{(process name and command line, address)} of every listening socket of the head's processes and their children."""
+    """{(process name and command line, address)} of the listening sockets of the head and its children."""
     import psutil
 
     found = set()
