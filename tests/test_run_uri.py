@@ -91,6 +91,14 @@ def test_evaluation_copy_pushes_only_what_it_wrote(s3):
             pass
 
 
+def test_fsspec_only_protocols_work_too():
+    run = RunFolder("memory://scratch/run-a")  # fsspec's in-memory filesystem: pyarrow has no memory://
+    run.write_text("config.yaml", "K: 4\n")
+    assert run.read_text("config.yaml") == "K: 4\n" and run.read_text("metrics.jsonl") is None
+    run.write_text("train/epoch_0001/state.pt", "x")
+    assert run.subfolders("train") == ["epoch_0001"]
+
+
 def test_bad_uri_is_one_line():
     with pytest.raises(DataError, match="cannot open --out nosuchscheme://x"):
         RunFolder("nosuchscheme://x/y")
