@@ -1,8 +1,12 @@
+import atexit
 import os
+import shutil
 import tempfile
 
 # Working copies of runs at URIs go to a folder of this session (set before Ray starts its workers).
-os.environ.setdefault("RRDIST_CACHE", tempfile.mkdtemp(prefix="rrdist-test-cache-"))
+if "RRDIST_CACHE" not in os.environ:
+    os.environ["RRDIST_CACHE"] = tempfile.mkdtemp(prefix="rrdist-test-cache-")
+    atexit.register(shutil.rmtree, os.environ["RRDIST_CACHE"], ignore_errors=True)
 for key, value in {"RAY_USAGE_STATS_ENABLED": "0", "RAY_TRAIN_ENABLE_PRINT_PATCH": "0",
                    "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}.items():
     os.environ.setdefault(key, value)
