@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 from pathlib import Path
 
@@ -53,7 +54,7 @@ PRETRAIN_FLAGS = {  # config field -> (type, help); the flag is --field-with-das
 
 def _pretrain(args: argparse.Namespace) -> int:
     from rrdist.config import PretrainConfig
-    from rrdist.storage import is_uri
+    from rrdist.storage import is_uri, shown
     from rrdist.train.trainer import pretrain
 
     cfg = PretrainConfig.from_yaml(args.config) if args.config else PretrainConfig()
@@ -73,10 +74,12 @@ def _pretrain(args: argparse.Namespace) -> int:
     cfg = PretrainConfig.from_dict(values).validate()
     result = pretrain(cfg, address=args.address)
     m = result.metrics
+    out = shown(cfg.out)
+    backbone = f"{out.split('?')[0]}/backbone.pt" if is_uri(cfg.out) else result.run_dir / "backbone.pt"
+    logdir = f"{out.split('?')[0]}/tb" if is_uri(cfg.out) else Path(cfg.out).parent
     print(f"done: {m.get('epoch', cfg.epochs)} epochs, loss {m.get('loss', float('nan')):.4f}, "
-          f"pair accuracy {m.get('pair_acc', float('nan')):.3f}; backbone in {result.run_dir / 'backbone.pt'}")
-    logdir = cfg.out if is_uri(cfg.out) else Path(cfg.out).parent
-    print(f"next: rrdist evaluate linear --run {cfg.out}    tensorboard --logdir {logdir}")
+          f"pair accuracy {m.get('pair_acc', float('nan')):.3f}; backbone in {backbone}")
+    print(f"next: rrdist evaluate linear --run {shlex.quote(out)}    tensorboard --logdir {logdir}")
     return 0
 
 

@@ -40,8 +40,13 @@ def open_uri(uri: str, option: str):
             fs, path = fsspec.core.url_to_fs(uri.rstrip("/"))
             return pafs.PyFileSystem(pafs.FSSpecHandler(fs)), path
         except Exception:
-            raise DataError(f"cannot open {option} {uri} ({first_line(pyarrow_error, 150)}): give a path or a "
+            raise DataError(f"cannot open {option} {shown(uri)} ({first_line(pyarrow_error, 150)}): give a path or a "
                             f"URI such as s3://bucket/runs/name or gs://bucket/runs/name") from None
+
+
+def shown(uri: str) -> str:
+    """A URI as printed: without credentials written into it (s3://KEY:SECRET@bucket/...)."""
+    return re.sub(r"^([A-Za-z][A-Za-z0-9+.-]*://)[^/@]*@", r"\1", uri)
 
 
 def cache_root() -> Path:
@@ -66,7 +71,7 @@ class RunFolder:
             self.fs, self.path = pafs.LocalFileSystem(), str(self.local)
 
     def __str__(self) -> str:
-        return self.location if self.remote else str(self.local)
+        return shown(self.location) if self.remote else str(self.local)
 
     def ray_storage(self) -> dict:
         """RunConfig arguments that put Ray Train's checkpoints in this folder."""
@@ -84,7 +89,7 @@ class RunFolder:
             with self.fs.open_input_stream(f"{self.path}/{name}") as f:
                 return f.read()
         except OSError as e:
-            raise DataError(f"cannot read {name} of the run at {self.location} ({first_line(e, 150)}): "
+            raise DataError(f"cannot read {name} of the run at {self} ({first_line(e, 150)}): "
                             f"check the URI and your credentials for it") from None
 
     def read_text(self, name: str) -> str | None:
@@ -105,7 +110,7 @@ class RunFolder:
             if self._exists(name):
                 self.fs.delete_file(f"{self.path}/{name}")
         except OSError as e:
-            raise DataError(f"cannot delete {name} of the run at {self.location} ({first_line(e, 150)}): "
+            raise DataError(f"cannot delete {name} of the run at {self} ({first_line(e, 150)}): "
                             f"check your credentials for it") from None
 
     def _exists(self, name: str) -> bool:
@@ -150,7 +155,7 @@ class RunFolder:
             with self.fs.open_output_stream(f"{self.path}/{name}") as f:
                 f.write(data)
         except OSError as e:
-            raise DataError(f"cannot write {name} of the run at {self.location} ({first_line(e, 150)}): "
+            raise DataError(f"cannot write {name} of the run at {self} ({first_line(e, 150)}): "
                             f"check the URI and your credentials for it") from None
 
 
@@ -164,7 +169,7 @@ def working_copy(location: str | os.PathLike, pull: tuple[str, ...], push: tuple
         yield run.local
         return
     if run.read_bytes("config.yaml") is None:
-        raise DataError(f"{run.location} is not a run folder (no config.yaml): pass the --out of `rrdist pretrain`")
+        raise DataError(f"{run} is not a run folder (no config.yaml): pass the --out of `rrdist pretrain`")
     run.pull("config.yaml", *pull)
     before = _file_stamps(run.local, push)
     yield run.local

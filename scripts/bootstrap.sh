@@ -41,6 +41,6 @@ fi
 export RAY_USAGE_STATS_ENABLED=0
 case "$job" in
     demo) exec .venv/bin/rrdist demo "$@" ;;
-    test) exec .venv/bin/python -m pytest -q -p no:cacheprovider "$@" tests ;;
+    test) exec .venv/bin/python -m pytest -q -p no:cacheprovider --durations=20 "$@" tests ;;
     *) echo "usage: bash scripts/bootstrap.sh demo|test" >&2; exit 2 ;;
 esac

@@ -86,6 +86,7 @@ def test_evaluation_copy_pushes_only_what_it_wrote(s3):
         (local / "eval").mkdir(exist_ok=True)
         (local / "eval" / "linear.json").write_text("{}")
     assert bucket_files(fs, "eval-copy") == ["config.yaml", "eval/linear.json"]
+    assert str(run) == f"s3://runs/eval-copy?{uri('x').split('?')[1]}"  # credentials are never printed
     with pytest.raises(DataError, match="is not a run folder"):
         with working_copy(uri("nothing-here"), pull=(), push=()):
             pass
