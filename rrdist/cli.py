@@ -138,7 +138,8 @@ def _tsne(args: argparse.Namespace) -> int:
 def _sweep(args: argparse.Namespace) -> int:
     from rrdist.tune.driver import run_sweep
 
-    run_sweep(args.space, root=args.root, out=args.out, address=args.address, resume=args.resume)
+    run_sweep(args.space, root=args.root, out=args.out, address=args.address, resume=args.resume,
+              data_uri=args.data_uri)
     return 0
 
 
@@ -243,14 +244,16 @@ def build_parser() -> argparse.ArgumentParser:
     sw = sub.add_parser("sweep", help="a Ray Tune sweep over a search space (tune_spaces/*.yaml)")
     sw.add_argument("space", help="the search-space YAML file")
     sw.add_argument("--root", default="data", help="data folder for every trial")
-    sw.add_argument("--out", default="runs/sweeps", help="sweeps go to OUT/<name>/")
+    sw.add_argument("--out", default="runs/sweeps", help="sweeps go to OUT/<name>/ (a path or a bucket URI)")
+    sw.add_argument("--data-uri", default=None,
+                    help="prepared data at a URI (ROOT/ffcv/<dataset> there) that each node copies to --root")
     sw.add_argument("--address", default=None, help="Ray cluster to join (default: a private local Ray)")
     sw.add_argument("--resume", action="store_true",
                     help="continue an interrupted sweep (running the same command again does it too)")
     sw.set_defaults(func=_sweep)
 
     rep = sub.add_parser("report", help="the results table of a sweep, from what is on disk")
-    rep.add_argument("sweep", help="the sweep folder, e.g. runs/sweeps/demo")
+    rep.add_argument("sweep", help="the sweep folder or URI, e.g. runs/sweeps/demo")
     rep.set_defaults(func=_report)
 
     sm = sub.add_parser("submit", help="run an rrdist command on a Ray cluster (Job Submission API)")

@@ -49,6 +49,15 @@ def shown(uri: str) -> str:
     return re.sub(r"^([A-Za-z][A-Za-z0-9+.-]*://)[^/@]*@", r"\1", uri)
 
 
+def join(location: str | os.PathLike, *parts: str) -> str:
+    """A folder inside a path or a URI (a URI's query, such as an endpoint, stays at its end)."""
+    location = str(location)
+    if not is_uri(location):
+        return str(Path(location).expanduser().resolve().joinpath(*parts))
+    base, sep, query = location.partition("?")
+    return "/".join([base.rstrip("/"), *parts]) + sep + query
+
+
 def cache_root() -> Path:
     return Path(os.environ.get("RRDIST_CACHE", Path.home() / ".cache" / "rrdist")).expanduser()
 
@@ -124,6 +133,17 @@ class RunFolder:
 
         infos = self.fs.get_file_info(pafs.FileSelector(f"{self.path}/{name}", allow_not_found=True))
         return sorted(i.base_name for i in infos if i.type == pafs.FileType.Directory)
+
+    def replace_folder(self, name: str) -> None:
+        """Put the working copy's folder `name` at the URI in place of what was there."""
+        if not self.remote:
+            return
+        try:
+            self.fs.delete_dir_contents(f"{self.path}/{name}", missing_dir_ok=True)
+        except OSError as e:
+            raise DataError(f"cannot replace {name} of {self} ({first_line(e, 150)}): check your credentials "
+                            f"for it") from None
+        self.push(name)
 
     # -- the working copy of a run at a URI
     def push(self, *names: str) -> None:

@@ -14,7 +14,7 @@ import torch
 
 from rrdist.config import PretrainConfig
 from rrdist.errors import ConfigError, DataError
-from rrdist.storage import RunFolder, working_copy
+from rrdist.storage import RunFolder, join, working_copy
 from rrdist.train.trainer import check_run_folder, pretrain
 
 REPO = Path(__file__).resolve().parent.parent
@@ -103,10 +103,12 @@ def test_fsspec_only_protocols_work_too():
 def test_bad_uri_is_one_line():
     with pytest.raises(DataError, match="cannot open --out nosuchscheme://x"):
         RunFolder("nosuchscheme://x/y")
-    from rrdist.tune.driver import run_sweep
 
-    with pytest.raises(ConfigError, match="a sweep needs a path"):
-        run_sweep("tune_spaces/demo.yaml", root="unused", out="s3://bucket/sweeps")
+
+def test_join_keeps_a_uris_query_at_its_end(tmp_path):
+    assert join("s3://b/sweeps?endpoint_override=h:1", "k", "trials") == "s3://b/sweeps/k/trials?endpoint_override=h:1"
+    assert join("gs://b/sweeps/", "k") == "gs://b/sweeps/k"
+    assert join(tmp_path, "k", "trials") == str(tmp_path / "k" / "trials")
 
 
 @pytest.mark.usefixtures("ray_session")
@@ -157,3 +159,47 @@ def test_pretraining_with_out_at_a_bucket(s3, digits_root, tmp_path):
     assert shown.returncode == 0, shown.stderr[-2000:]
     lines = shown.stdout.splitlines()
     assert "pretrain/loss [1, 2, 3]" in lines and "eval/linear_trained_digits [3]" in lines
+
+
+@pytest.mark.usefixtures("ray_session")
+def test_sweep_with_out_at_a_bucket(s3, digits_root, tmp_path):
+    """Data, trials, their evaluations and records, Tune's state and the tables: all in the bucket."""
+    import yaml
+
+    from rrdist.tune.driver import run_sweep
+
+    uri, fs, _ = s3
+    space = tmp_path / "at_bucket.yaml"
+    space.write_text(yaml.safe_dump({
+        "name": "at_bucket", "fixed": {"dataset": "digits", "backbone": "conv4", "epochs": 1, "batch_size": 64},
+        "axes": {"K": {"grid": [2, 3]}}, "seeds": 1, "trial": {"workers": 1, "cpus_per_worker": 1},
+        "concurrency": 2, "evaluations": {"linear": {"epochs": 3}}}))
+    import pyarrow.fs as pafs
+
+    # Nothing shared but the bucket: the prepared data is there too, and each node copies it.
+    pafs.copy_files(str(digits_root / "ffcv" / "digits"), "runs/data/ffcv/digits", destination_filesystem=fs)
+    node_root = tmp_path / "node-data"
+    where = run_sweep(space, root=str(node_root), out=uri("sweeps"), data_uri=uri("data"), log=lambda *a: None)
+    assert where == uri("sweeps/at_bucket")
+    files = bucket_files(fs, "sweeps/at_bucket")
+    for name in ("K=2,seed=0", "K=3,seed=0"):
+        record = json.loads(read(fs, f"sweeps/at_bucket/trials/{name}/trial.json"))
+        assert record["status"] == "completed" and 0 < record["metrics"]["linear_acc"] <= 1
+        result = json.loads(read(fs, f"sweeps/at_bucket/trials/{name}/eval/linear-trained-digits.json"))
+        assert result["test_accuracy"] == record["metrics"]["linear_acc"]
+        assert {f"trials/{name}/backbone.pt", f"trials/{name}/train/epoch_0001/state.pt"} <= set(files)
+    assert {"sweep.yaml", "results.md", "results.csv", "trials.csv"} <= set(files)
+    assert (node_root / "ffcv" / "digits" / "train.beton").is_file()  # staged from the bucket
+    assert any(f.startswith("hparams/") for f in files) and any(f.endswith("tuner.pkl") for f in files)
+    table = read(fs, "sweeps/at_bucket/results.md").decode()
+    assert "| 2 |" in table and "| 3 |" in table
+
+    # Resumed from the bucket alone: nothing is trained again, the records stay as they were.
+    shutil.rmtree(os.environ["RRDIST_CACHE"], ignore_errors=True)
+    before = read(fs, "sweeps/at_bucket/trials/K=2,seed=0/trial.json")
+    run_sweep(space, root=str(node_root), out=uri("sweeps"), data_uri=uri("data"), resume=True,
+              log=lambda *a: None)
+    assert read(fs, "sweeps/at_bucket/trials/K=2,seed=0/trial.json") == before
+    report = subprocess.run([sys.executable, "-m", "rrdist", "report", uri("sweeps/at_bucket")], cwd=REPO,
+                            capture_output=True, text=True, timeout=300)
+    assert report.returncode == 0 and report.stdout == table

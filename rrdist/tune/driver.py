@@ -7,9 +7,8 @@ from typing import Any
 
 import yaml
 
-from rrdist import atomic
-from rrdist.storage import is_uri
 from rrdist.errors import ConfigError
+from rrdist.storage import RunFolder, join
 from rrdist.tune.space import SweepSpec, has_random_axes, load, param_space
 from rrdist.tune.trial import SweepContext, read_record, run_trial, trial_name, write_record
 
@@ -57,7 +56,7 @@ def _datasets(spec: SweepSpec) -> list[str]:
     return sorted({spec.trial_config(point, 0, "data", "x").dataset for point in spec.grid_points()})
 
 
-def _record_unfinished(sweep_dir: Path, spec: SweepSpec, results) -> None:
+def _record_unfinished(sweep_dir: str, spec: SweepSpec, results) -> None:
     """Trials Tune stopped (ASHA) or lost before they could write their own record."""
     for result in results:
         params = result.config or {}
@@ -66,12 +65,12 @@ def _record_unfinished(sweep_dir: Path, spec: SweepSpec, results) -> None:
         axes = {name: params[name] for name in spec.axes}
         metrics = result.metrics or {}
         name = trial_name(axes, int(params["seed"]), metrics.get("trial_id") if has_random_axes(spec) else None)
-        run_dir = sweep_dir / "trials" / name
+        run_dir = join(sweep_dir, "trials", name)
         if read_record(run_dir) is not None:
             continue
         record: dict[str, Any] = {"trial": name, "trial_id": metrics.get("trial_id"), "axes": axes,
                                   "seed": int(params["seed"]),
-                                  "config": spec.trial_config(axes, int(params["seed"]), "", str(run_dir)).to_dict()}
+                                  "config": spec.trial_config(axes, int(params["seed"]), "", run_dir).to_dict()}
         if result.error is not None:
             text = str(result.error).strip().splitlines()
             record.update(status="failed", error=text[-1] if text else type(result.error).__name__)
@@ -82,52 +81,58 @@ def _record_unfinished(sweep_dir: Path, spec: SweepSpec, results) -> None:
 
 
 def run_sweep(space: str | Path, root: str, out: str | Path = "runs/sweeps", address: str | None = None,
-              resume: bool = False, log=print) -> Path:
+              resume: bool = False, data_uri: str | None = None, log=print) -> Path | str:
+    """Run (or resume) a sweep into OUT/<name> (a path, or a bucket URI); returns that folder."""
     from rrdist.data.beton import ensure_prepared
+    from rrdist.data.staging import remote_manifest
     from rrdist.train.trainer import init_ray
     from rrdist.tune.report import write_report
 
-    if is_uri(out):  # trials read and write each other's records and the table: one shared filesystem
-        raise ConfigError(f"sweep --out {out}: a sweep needs a path (local, or a shared filesystem on a "
-                          f"cluster); a single run takes a bucket URI with `rrdist pretrain --out`")
     spec = load(space)
-    sweep_dir = Path(out).expanduser().resolve() / spec.name
+    sweep_dir = join(out, spec.name)
+    folder, parent = RunFolder(sweep_dir), RunFolder(out)
     root = str(Path(root).expanduser().resolve())
-    saved = sweep_dir / "sweep.yaml"
     sweep = {"spec": spec.to_dict(), "root": root}
-    if saved.is_file():
-        before = yaml.safe_load(saved.read_text())
-        if before.get("spec") != sweep["spec"]:
-            raise ConfigError(f"{sweep_dir} holds a sweep of another space: use the same space to resume it, "
+    saved = folder.read_text("sweep.yaml")
+    if saved is not None:
+        if (yaml.safe_load(saved) or {}).get("spec") != sweep["spec"]:
+            raise ConfigError(f"{folder} holds a sweep of another space: use the same space to resume it, "
                               f"or set another 'name' (or --out)")
     elif resume:
-        raise ConfigError(f"nothing to resume in {sweep_dir}: run the sweep without --resume first")
+        raise ConfigError(f"nothing to resume in {folder}: run the sweep without --resume first")
     for dataset in _datasets(spec):  # once, here, rather than racing in concurrent trials
-        ensure_prepared(dataset, root, log=log)
-    sweep_dir.mkdir(parents=True, exist_ok=True)
-    atomic.write_text(saved, yaml.safe_dump(sweep, sort_keys=False))
+        if data_uri:  # each trial's workers copy it to their node; here only check that it is there
+            remote_manifest(data_uri, dataset)
+        else:
+            ensure_prepared(dataset, root, log=log)
+    folder.write_text("sweep.yaml", yaml.safe_dump(sweep, sort_keys=False))
 
     init_ray(address)
     from ray import tune
 
     trainable = tune.with_resources(
-        tune.with_parameters(run_trial, context=SweepContext(spec.to_dict(), str(sweep_dir), root)),
+        tune.with_parameters(run_trial, context=SweepContext(spec.to_dict(), sweep_dir, root, data_uri)),
         {"cpu": 0.01})  # a trial's driver mostly waits on its Train workers, which hold the resources
-    if tune.Tuner.can_restore(str(sweep_dir)):
-        log(f"resuming the sweep in {sweep_dir}: finished trials are kept, interrupted ones continue")
-        tuner = tune.Tuner.restore(str(sweep_dir), trainable=trainable, resume_unfinished=True, resume_errored=True)
+    # Tune's own state (for restoring) goes beside the trials, through the bucket's filesystem at a URI.
+    tune_fs = {"storage_filesystem": folder.fs} if folder.remote else {}
+    tune_path = folder.path if folder.remote else sweep_dir
+    if tune.Tuner.can_restore(tune_path, **tune_fs):
+        log(f"resuming the sweep in {folder}: finished trials are kept, interrupted ones continue")
+        tuner = tune.Tuner.restore(tune_path, trainable=trainable, resume_unfinished=True, resume_errored=True,
+                                   **tune_fs)
     else:
-        log(f"sweep {spec.name}: {spec.trial_count()} trials -> {sweep_dir}")
+        log(f"sweep {spec.name}: {spec.trial_count()} trials -> {folder}")
         tuner = tune.Tuner(
             trainable, param_space=param_space(spec),
             tune_config=tune.TuneConfig(num_samples=spec.samples, max_concurrent_trials=spec.concurrency or None,
                                         scheduler=_scheduler(spec)),
-            run_config=tune.RunConfig(name=spec.name, storage_path=str(sweep_dir.parent),
+            run_config=tune.RunConfig(name=spec.name, storage_path=parent.path if parent.remote else str(parent.local),
+                                      **tune_fs,
                                       callbacks=[_summary_callback()],
                                       failure_config=tune.FailureConfig(max_failures=0)))
     results = tuner.fit()
     _record_unfinished(sweep_dir, spec, results)
     log(write_report(sweep_dir))
-    log(f"results: {sweep_dir / 'results.md'}, {sweep_dir / 'results.csv'}; "
-        f"curves and HParams: tensorboard --logdir {sweep_dir}")
-    return sweep_dir
+    log(f"results: {folder}/results.md, {folder}/results.csv; "
+        f"curves and HParams: tensorboard --logdir {str(folder).split('?')[0]}")
+    return sweep_dir if folder.remote else Path(sweep_dir)

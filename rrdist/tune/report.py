@@ -17,22 +17,24 @@ from typing import Any
 import numpy as np
 import yaml
 
-from rrdist import atomic
 from rrdist.errors import DataError
+from rrdist.storage import RunFolder
 from rrdist.tune.paper import paper_accuracy
 from rrdist.tune.trial import RECORD
 
 
-def load_sweep(sweep_dir: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    spec_file = sweep_dir / "sweep.yaml"
-    if not spec_file.is_file():
-        raise DataError(f"{sweep_dir} is not a sweep folder (no sweep.yaml): pass the folder `rrdist sweep` wrote")
-    sweep = yaml.safe_load(spec_file.read_text())
+def load_sweep(folder: RunFolder) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    text = folder.read_text("sweep.yaml")
+    if text is None:
+        raise DataError(f"{folder} is not a sweep folder (no sweep.yaml): pass the folder `rrdist sweep` wrote")
+    sweep = yaml.safe_load(text)
     trials = []
-    for path in sorted((sweep_dir / "trials").glob(f"*/{RECORD}")):
+    for name in folder.subfolders("trials"):
         try:
-            trials.append(json.loads(path.read_text()))
-        except (OSError, json.JSONDecodeError):
+            record = folder.read_text(f"trials/{name}/{RECORD}")
+            if record is not None:
+                trials.append(json.loads(record))
+        except json.JSONDecodeError:
             continue
     return sweep, trials
 
@@ -117,11 +119,12 @@ def _csv(rows: list[dict[str, Any]], columns: list[str]) -> str:
     return out.getvalue()
 
 
-def write_hparams(sweep_dir: Path, axes: list[str], trials: list[dict[str, Any]]) -> None:
+def write_hparams(folder: RunFolder, axes: list[str], trials: list[dict[str, Any]]) -> None:
     """TensorBoard HParams: one run per completed trial, its axes and seed against its metrics."""
     from torch.utils.tensorboard import SummaryWriter
 
-    tmp = Path(tempfile.mkdtemp(prefix=".hparams-", dir=sweep_dir))
+    folder.local.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".hparams-", dir=folder.local))
     for t in trials:
         if t["status"] != "completed":
             continue
@@ -129,18 +132,20 @@ def write_hparams(sweep_dir: Path, axes: list[str], trials: list[dict[str, Any]]
         metrics = {f"hparam/{k}": float(v) for k, v in t["metrics"].items() if isinstance(v, (int, float))}
         with SummaryWriter(str(tmp)) as writer:
             writer.add_hparams(hparams, metrics, run_name=t["trial"])
-    target = sweep_dir / "hparams"
+    target = folder.local / "hparams"
     if target.exists():
         shutil.rmtree(target)
     tmp.rename(target)
+    folder.replace_folder("hparams")
 
 
 def write_report(sweep_dir: str | Path) -> str:
-    sweep_dir = Path(sweep_dir).expanduser().resolve()
-    sweep, trials = load_sweep(sweep_dir)
+    """The tables of a sweep folder (a path or a URI), written beside its trials; returns results.md."""
+    folder = RunFolder(sweep_dir)
+    sweep, trials = load_sweep(folder)
     rows = summarize(sweep, trials)
     text = render(sweep, rows, trials)
-    atomic.write_text(sweep_dir / "results.md", text)
+    folder.write_text("results.md", text)
     axes, evaluations = list(sweep["spec"]["axes"]), list(sweep["spec"]["evaluations"])
     flat = []
     for row in rows:
@@ -154,10 +159,10 @@ def write_report(sweep_dir: str | Path) -> str:
         item.update({"seeds_done": row["seeds_done"], "stopped": len(row["stopped"]), "failed": len(row["failed"])})
         flat.append(item)
     columns = axes + [f"{e}_{s}" for e in evaluations for s in ("mean", "std", "paper_mean", "paper_std", "paper_table")]
-    atomic.write_text(sweep_dir / "results.csv", _csv(flat, columns + ["seeds_done", "stopped", "failed"]))
+    folder.write_text("results.csv", _csv(flat, columns + ["seeds_done", "stopped", "failed"]))
     per_trial = [{"trial": t["trial"], **t["axes"], "seed": t["seed"], "status": t["status"],
                   **{k: v for k, v in (t.get("metrics") or {}).items()}, "error": t.get("error", "")} for t in trials]
     metric_cols = sorted({k for t in trials for k in (t.get("metrics") or {})})
-    atomic.write_text(sweep_dir / "trials.csv", _csv(per_trial, ["trial", *axes, "seed", "status", *metric_cols, "error"]))
-    write_hparams(sweep_dir, axes, trials)
+    folder.write_text("trials.csv", _csv(per_trial, ["trial", *axes, "seed", "status", *metric_cols, "error"]))
+    write_hparams(folder, axes, trials)
     return text

@@ -74,12 +74,13 @@ class SweepSpec:
                 out[name] = value
         return out
 
-    def trial_config(self, values: dict[str, Any], seed: int, root: str, out: str) -> PretrainConfig:
+    def trial_config(self, values: dict[str, Any], seed: int, root: str, out: str,
+                     data_uri: str | None = None) -> PretrainConfig:
         gpus = float(self.trial.get("gpus_per_worker", 0) or 0)
         values = self.settings(values)
         method = values.get("method", self.fixed.get("method", PretrainConfig.method))
         data = {**self.fixed, **self.per_method.get(method, {}), **values,
-                "seed": seed, "root": root, "out": out,
+                "seed": seed, "root": root, "out": out, **({"data_uri": data_uri} if data_uri else {}),
                 "workers": self.trial.get("workers", 1), "cpus_per_worker": self.trial.get("cpus_per_worker", 1),
                 "use_gpu": gpus > 0, "gpus_per_worker": gpus if gpus > 0 else 1.0}
         if "loader_workers" in self.trial:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from rrdist import atomic
+from rrdist.storage import RunFolder, join, working_copy
 
 RECORD = "trial.json"
 
@@ -20,8 +20,9 @@ RECORD = "trial.json"
 @dataclass
 class SweepContext:
     spec: dict[str, Any]  # SweepSpec.to_dict(): plain data, shipped to every trial
-    sweep_dir: str
+    sweep_dir: str  # a path or a URI
     root: str
+    data_uri: str | None = None  # prepared data that each node copies to its `root`
 
 
 def _fmt(value: Any) -> str:
@@ -52,15 +53,17 @@ def run_evaluation(run_dir: Path, evaluation: str, settings: dict[str, Any]) -> 
     return evaluate_retrieval(run_dir, **settings)["top10"]["accuracy"]
 
 
-def read_record(run_dir: Path) -> dict[str, Any] | None:
+def read_record(run: str | Path) -> dict[str, Any] | None:
+    """A trial's record in its run folder (a path or a URI); None if it has none (or half of one)."""
     try:
-        return json.loads((Path(run_dir) / RECORD).read_text())
-    except (OSError, json.JSONDecodeError):
+        text = RunFolder(run).read_text(RECORD)
+        return json.loads(text) if text is not None else None
+    except json.JSONDecodeError:
         return None
 
 
-def write_record(run_dir: Path, record: dict[str, Any]) -> None:
-    atomic.write_json(Path(run_dir) / RECORD, record)
+def write_record(run: str | Path, record: dict[str, Any]) -> None:
+    RunFolder(run).write_text(RECORD, json.dumps(record, indent=2, sort_keys=True) + "\n")
 
 
 def run_trial(params: dict[str, Any], context: SweepContext) -> None:
@@ -76,8 +79,8 @@ def run_trial(params: dict[str, Any], context: SweepContext) -> None:
     seed = int(params["seed"])
     trial_id = tune.get_context().get_trial_id()
     name = trial_name(axes, seed, trial_id if has_random_axes(spec) else None)
-    run_dir = Path(context.sweep_dir) / "trials" / name
-    cfg = spec.trial_config(axes, seed, context.root, str(run_dir)).validate()
+    run_dir = join(context.sweep_dir, "trials", name)
+    cfg = spec.trial_config(axes, seed, context.root, run_dir, context.data_uri).validate()
     record = {"trial": name, "trial_id": trial_id, "axes": axes, "seed": seed, "config": cfg.to_dict()}
 
     saved = read_record(run_dir)
@@ -89,8 +92,9 @@ def run_trial(params: dict[str, Any], context: SweepContext) -> None:
         metrics = {k: result.metrics.get(k) for k in ("epoch", "loss", "pair_acc", "views_per_s")}
         if "probe_acc" in result.metrics:
             metrics["probe_acc"] = result.metrics["probe_acc"]
-        for evaluation, settings in spec.evaluations.items():
-            metrics[f"{evaluation}_acc"] = run_evaluation(run_dir, evaluation, settings)
+        with working_copy(run_dir, pull=("backbone.pt",), push=("eval", "tb")) as local:
+            for evaluation, settings in spec.evaluations.items():
+                metrics[f"{evaluation}_acc"] = run_evaluation(local, evaluation, settings)
     except Exception as e:
         message = find_user_message(e) or f"{type(e).__name__}: {first_line(e)}"
         write_record(run_dir, {**record, "status": "failed", "error": message})
