@@ -74,9 +74,9 @@ def _pretrain(args: argparse.Namespace) -> int:
     cfg = PretrainConfig.from_dict(values).validate()
     result = pretrain(cfg, address=args.address)
     m = result.metrics
-    out = shown(cfg.out)
-    backbone = f"{out.split('?')[0]}/backbone.pt" if is_uri(cfg.out) else result.run_dir / "backbone.pt"
-    logdir = f"{out.split('?')[0]}/tb" if is_uri(cfg.out) else Path(cfg.out).parent
+    out, folder = shown(cfg.out), shown(cfg.out, query=False)
+    backbone = f"{folder}/backbone.pt" if is_uri(cfg.out) else result.run_dir / "backbone.pt"
+    logdir = f"{folder}/tb" if is_uri(cfg.out) else Path(cfg.out).parent
     print(f"done: {m.get('epoch', cfg.epochs)} epochs, loss {m.get('loss', float('nan')):.4f}, "
           f"pair accuracy {m.get('pair_acc', float('nan')):.3f}; backbone in {backbone}")
     print(f"next: rrdist evaluate linear --run {shlex.quote(out)}    tensorboard --logdir {logdir}")
@@ -204,42 +204,31 @@ def build_parser() -> argparse.ArgumentParser:
 
     ev = sub.add_parser("evaluate", help="evaluate a run's backbone")
     ev_sub = ev.add_subparsers(dest="evaluation", required=True)
-    lin = ev_sub.add_parser("linear", help="linear evaluation on frozen, cached features")
-    lin.add_argument("--run", required=True, help="the run folder or URI (pretrain --out)")
+    def evaluation(name: str, text: str, func, dataset_help: str = "another dataset (default: the run's)"):
+        """A sub-command of `evaluate` with the options every evaluation takes."""
+        p = ev_sub.add_parser(name, help=text)
+        p.add_argument("--run", required=True, help="the run folder or URI (pretrain --out)")
+        p.add_argument("--dataset", default=None, help=dataset_help)
+        p.add_argument("--root", default=None)
+        p.add_argument("--seed", type=int, default=0)
+        p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+        p.set_defaults(func=func)
+        return p
+
+    lin = evaluation("linear", "linear evaluation on frozen, cached features", _evaluate,
+                     "evaluate on another dataset (default: the run's)")
     lin.add_argument("--init", default="trained", choices=["trained", "random"])
-    lin.add_argument("--dataset", default=None, help="evaluate on another dataset (default: the run's)")
-    lin.add_argument("--root", default=None)
     lin.add_argument("--epochs", type=int, default=100)
     lin.add_argument("--batch-size", type=int, default=128)
     lin.add_argument("--lr", type=float, default=1e-3)
-    lin.add_argument("--seed", type=int, default=0)
-    lin.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
-    lin.set_defaults(func=_evaluate)
-    ret = ev_sub.add_parser("retrieval", help="top-10/100/1000 retrieval accuracy, confusion matrix, query grid")
-    ret.add_argument("--run", required=True, help="the run folder or URI (pretrain --out)")
-    ret.add_argument("--dataset", default=None, help="retrieve in another dataset (default: the run's)")
-    ret.add_argument("--root", default=None)
+    ret = evaluation("retrieval", "top-10/100/1000 retrieval accuracy, confusion matrix, query grid", _retrieval,
+                     "retrieve in another dataset (default: the run's)")
     ret.add_argument("--per-class", type=int, default=500, help="queries per class (appendix B.10)")
-    ret.add_argument("--seed", type=int, default=0)
-    ret.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
-    ret.set_defaults(func=_retrieval)
-    ft = ev_sub.add_parser("finetune", help="backbone + linear classifier trained together (appendix A.6)")
-    ft.add_argument("--run", required=True, help="the run folder or URI (pretrain --out)")
-    ft.add_argument("--dataset", default=None)
-    ft.add_argument("--root", default=None)
+    ft = evaluation("finetune", "backbone + linear classifier trained together (appendix A.6)", _finetune)
     ft.add_argument("--epochs", type=int, default=100)
     ft.add_argument("--batch-size", type=int, default=32)
-    ft.add_argument("--seed", type=int, default=0)
-    ft.add_argument("--device", default=None)
-    ft.set_defaults(func=_finetune)
-    ts = ev_sub.add_parser("tsne", help="t-SNE picture of the test features (appendix B.11)")
-    ts.add_argument("--run", required=True, help="the run folder or URI (pretrain --out)")
-    ts.add_argument("--dataset", default=None)
-    ts.add_argument("--root", default=None)
-    ts.add_argument("--seed", type=int, default=0)
+    ts = evaluation("tsne", "t-SNE picture of the test features (appendix B.11)", _tsne)
     ts.add_argument("--max-points", type=int, default=None, help="a random subset of the test images")
-    ts.add_argument("--device", default=None)
-    ts.set_defaults(func=_tsne)
 
     sw = sub.add_parser("sweep", help="a Ray Tune sweep over a search space (tune_spaces/*.yaml)")
     sw.add_argument("space", help="the search-space YAML file")

@@ -44,9 +44,11 @@ def open_uri(uri: str, option: str):
                             f"URI such as s3://bucket/runs/name or gs://bucket/runs/name") from None
 
 
-def shown(uri: str) -> str:
-    """A URI as printed: without credentials written into it (s3://KEY:SECRET@bucket/...)."""
-    return re.sub(r"^([A-Za-z][A-Za-z0-9+.-]*://)[^/@]*@", r"\1", uri)
+def shown(uri: str, query: bool = True) -> str:
+    """A URI as printed: without credentials written into it (s3://KEY:SECRET@bucket/...), and
+    without its query (an endpoint) where a folder is named for other tools (tensorboard --logdir)."""
+    uri = re.sub(r"^([A-Za-z][A-Za-z0-9+.-]*://)[^/@]*@", r"\1", uri)
+    return uri if query else uri.split("?")[0]
 
 
 def join(location: str | os.PathLike, *parts: str) -> str:
@@ -84,8 +86,7 @@ class RunFolder:
 
     def ray_storage(self) -> dict:
         """RunConfig arguments that put Ray Train's checkpoints in this folder."""
-        return {"storage_path": self.path, "storage_filesystem": self.fs} if self.remote else {
-            "storage_path": str(self.local)}
+        return {"storage_path": self.path, **({"storage_filesystem": self.fs} if self.remote else {})}
 
     # -- single files, read and written where the run lives
     def read_bytes(self, name: str) -> bytes | None:

@@ -8,7 +8,7 @@ from typing import Any
 import yaml
 
 from rrdist.errors import ConfigError
-from rrdist.storage import RunFolder, join
+from rrdist.storage import RunFolder, join, shown
 from rrdist.tune.space import SweepSpec, has_random_axes, load, param_space
 from rrdist.tune.trial import SweepContext, read_record, run_trial, trial_name, write_record
 
@@ -115,10 +115,9 @@ def run_sweep(space: str | Path, root: str, out: str | Path = "runs/sweeps", add
         {"cpu": 0.01})  # a trial's driver mostly waits on its Train workers, which hold the resources
     # Tune's own state (for restoring) goes beside the trials, through the bucket's filesystem at a URI.
     tune_fs = {"storage_filesystem": folder.fs} if folder.remote else {}
-    tune_path = folder.path if folder.remote else sweep_dir
-    if tune.Tuner.can_restore(tune_path, **tune_fs):
+    if tune.Tuner.can_restore(folder.path, **tune_fs):
         log(f"resuming the sweep in {folder}: finished trials are kept, interrupted ones continue")
-        tuner = tune.Tuner.restore(tune_path, trainable=trainable, resume_unfinished=True, resume_errored=True,
+        tuner = tune.Tuner.restore(folder.path, trainable=trainable, resume_unfinished=True, resume_errored=True,
                                    **tune_fs)
     else:
         log(f"sweep {spec.name}: {spec.trial_count()} trials -> {folder}")
@@ -126,13 +125,12 @@ def run_sweep(space: str | Path, root: str, out: str | Path = "runs/sweeps", add
             trainable, param_space=param_space(spec),
             tune_config=tune.TuneConfig(num_samples=spec.samples, max_concurrent_trials=spec.concurrency or None,
                                         scheduler=_scheduler(spec)),
-            run_config=tune.RunConfig(name=spec.name, storage_path=parent.path if parent.remote else str(parent.local),
-                                      **tune_fs,
+            run_config=tune.RunConfig(name=spec.name, **parent.ray_storage(),
                                       callbacks=[_summary_callback()],
                                       failure_config=tune.FailureConfig(max_failures=0)))
     results = tuner.fit()
     _record_unfinished(sweep_dir, spec, results)
     log(write_report(sweep_dir))
     log(f"results: {folder}/results.md, {folder}/results.csv; "
-        f"curves and HParams: tensorboard --logdir {str(folder).split('?')[0]}")
+        f"curves and HParams: tensorboard --logdir {shown(str(folder), query=False)}")
     return sweep_dir if folder.remote else Path(sweep_dir)

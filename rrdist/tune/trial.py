@@ -92,7 +92,7 @@ def run_trial(params: dict[str, Any], context: SweepContext) -> None:
         metrics = {k: result.metrics.get(k) for k in ("epoch", "loss", "pair_acc", "views_per_s")}
         if "probe_acc" in result.metrics:
             metrics["probe_acc"] = result.metrics["probe_acc"]
-        with working_copy(run_dir, pull=("backbone.pt",), push=("eval", "tb")) as local:
+        with working_copy(run_dir, pull=(), push=("eval", "tb")) as local:  # pretrain fetched the backbone
             for evaluation, settings in spec.evaluations.items():
                 metrics[f"{evaluation}_acc"] = run_evaluation(local, evaluation, settings)
     except Exception as e:
