@@ -27,7 +27,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from rrdist.data.augment import KViewAugment, view_generator
+from rrdist.data.augment import KViewAugment
+from rrdist.data.keyed import ImageDraws
 from rrdist.data.beton import ensure_prepared, split_path
 from rrdist.data.datasets import get_spec
 from rrdist.data.loader import image_loader
@@ -49,14 +50,15 @@ def time_batches(batches, n: int, views_per_batch) -> tuple[float, float]:
 def bench_rrdist(beton: Path, K: int, M: int, n: int, cores: int) -> tuple[float, float]:
     torch.set_num_threads(cores)
     augment = KViewAugment(32, CIFAR_MEAN, CIFAR_STD)
-    gen = view_generator(0, torch.device("cpu"))
 
     def epochs():
-        loader = image_loader(beton, M, train=True, num_workers=cores, seed=0)
+        loader = image_loader(beton, M, train=True, num_workers=cores, seed=0, indices=True)
         torch.set_num_threads(cores)
+        epoch = 0
         while True:
-            for images, _ in loader:
-                yield augment(images, K, gen)
+            for images, _, indices in loader:  # each view keyed by its image, as in training
+                yield augment(images, K, ImageDraws(0, epoch, indices))
+            epoch += 1
 
     return time_batches(epochs(), n, lambda v: v.shape[0])
 

@@ -32,7 +32,7 @@ from pathlib import Path
 import torch
 
 from rrdist.config import PretrainConfig
-from rrdist.data.augment import KViewAugment, view_generator
+from rrdist.data.augment import KViewAugment
 from rrdist.data.beton import ensure_prepared, split_path
 from rrdist.data.datasets import get_spec
 from rrdist.methods import build_method
@@ -93,10 +93,10 @@ def bench_rrdist(beton: Path, backbone_name: str, K: int, M: int, cores: int, bu
     optimizer = method.configure_optimizer()
     if compile:
         method.backbone.compile()
-    generator = view_generator(0, torch.device("cpu"))
+    generator = torch.Generator()
     method.generator = generator
     augment = KViewAugment(32, CIFAR_MEAN, CIFAR_STD)
-    loader = image_loader(beton, M, train=True, num_workers=cores, seed=0)
+    loader = image_loader(beton, M, train=True, num_workers=cores, seed=0, indices=True)
     torch.set_num_threads(cores)
 
     def batches():
@@ -108,7 +108,7 @@ def bench_rrdist(beton: Path, backbone_name: str, K: int, M: int, cores: int, bu
 
     def run(n: int) -> float:
         start = time.perf_counter()
-        sums = train_epoch(method, itertools.islice(stream, n), augment, optimizer, K, generator, device,
+        sums = train_epoch(method, itertools.islice(stream, n), augment, optimizer, K, 0, 0, device, generator,
                            precision=precision)
         assert int(sums[STEPS]) == n
         return (time.perf_counter() - start) / n

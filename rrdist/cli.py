@@ -38,7 +38,7 @@ PRETRAIN_FLAGS = {  # config field -> (type, help); the flag is --field-with-das
     "aggregation": (str, "cat, sum, mean or max"),
     "head": (str, "relation, or the Table 14 ablations dot (dot product of the features) and encoder_dot"),
     "label_fraction": (float, "semi-supervised variant: share of training images whose label adds same-class positives"),
-    "batch_size": (int, "images per worker mini-batch (M)"),
+    "batch_size": (int, "images per optimizer step over all workers (the paper's M); each worker holds M / workers"),
     "lr": (float, "Adam learning rate"),
     "epochs": (int, "total epochs (may grow when resuming)"),
     "seed": (int, "seed of weights, data order and views"),
@@ -65,8 +65,8 @@ def _pretrain(args: argparse.Namespace) -> int:
             values[name] = value
     if args.use_gpu:
         values["use_gpu"] = True
-    if args.sync_bn:
-        values["sync_bn"] = True
+    if args.sync_bn is not None:
+        values["sync_bn"] = args.sync_bn
     if args.compile:
         values["compile"] = True
     if args.online_probe:
@@ -195,7 +195,9 @@ def build_parser() -> argparse.ArgumentParser:
         pre.add_argument(flag, dest=name, type=kind, default=None, metavar=name.upper(),
                          help=f"{text} (default: {defaults[name]})")
     pre.add_argument("--use-gpu", action="store_true", help="one GPU per worker, NCCL")
-    pre.add_argument("--sync-bn", action="store_true", help="BatchNorm statistics over all workers (GPU only)")
+    pre.add_argument("--sync-bn", action=argparse.BooleanOptionalAction, default=None,
+                     help="BatchNorm statistics over the global batch, all workers together, as one process "
+                          "would compute them (default: on); --no-sync-bn: each worker's own, a little faster")
     pre.add_argument("--compile", action="store_true", help="torch.compile the backbone (measured: bench/RESULTS.md)")
     pre.add_argument("--online-probe", action="store_true",
                      help="train a linear classifier on detached features alongside; logs probe_acc per epoch")

@@ -47,7 +47,7 @@ class PretrainConfig:
     aggregation: str = "cat"
     head: str = "relation"  # relation, or the Table 14 ablations dot / encoder_dot
     label_fraction: float = 0.0  # semi-supervised variant (appendix A.7): share of images whose label is used
-    batch_size: int = 64  # per worker: pairs are built within each worker's mini-batch
+    batch_size: int = 64  # images of one optimizer step over all workers (the paper's M); M / workers each
     lr: float = 1e-3
     epochs: int = 200
     seed: int = 0
@@ -59,15 +59,16 @@ class PretrainConfig:
     loader_workers: int = 1
     checkpoint_every: int = 10
     max_failures: int = 3  # worker-group restarts from the last checkpoint before giving up
-    sync_bn: bool = False  # BatchNorm statistics over all workers (GPU only); the paper's is per worker
+    sync_bn: bool = True  # BatchNorm over the global batch, as on the paper's one GPU (False: per worker)
     precision: str = "fp32"  # or bf16: autocast of the forward pass
     compile: bool = False  # torch.compile the backbone (a one-off compile of 10-60 s per worker)
     online_probe: bool = False  # a linear classifier on detached features, trained alongside (probe_acc)
     out: str = "runs/run"
 
     # Fields that may change when a run is resumed: they do not change what is learned.
+    # The worker count is one of them: the same global batch, pairs and views on any number of workers.
     RESUMABLE = ("epochs", "checkpoint_every", "loader_workers", "cpus_per_worker", "gpus_per_worker", "max_failures",
-                 "root", "data_uri", "out", "compile", "online_probe")
+                 "root", "data_uri", "out", "compile", "online_probe", "workers", "use_gpu")
 
     def validate(self) -> "PretrainConfig":
         from rrdist.data.datasets import DATASETS
@@ -100,9 +101,22 @@ class PretrainConfig:
         need(self.checkpoint_every >= 1, f"checkpoint interval must be at least 1 epoch (got {self.checkpoint_every})")
         need(self.max_failures >= 0, f"max failures must be >= 0 (got {self.max_failures})")
         need(self.precision in PRECISIONS, f"unknown precision '{self.precision}': choose one of {', '.join(PRECISIONS)}")
-        need(not self.sync_bn or self.use_gpu,
-             "--sync-bn needs --use-gpu: torch's SyncBatchNorm runs on GPUs only (plain BatchNorm is the paper's)")
+        self._check_split()
         return self
+
+    def _check_split(self) -> None:
+        """The global batch must split evenly, and leave each worker enough images."""
+        least = 1 if self.sync_bn or self.workers == 1 else 2  # a per-worker BatchNorm needs two images
+        valid = [n for n in range(1, self.batch_size + 1) if self.batch_size % n == 0 and self.batch_size // n >= least]
+        counts = ", ".join(map(str, valid))
+        if self.batch_size % self.workers:
+            raise ConfigError(f"--batch-size {self.batch_size} (images per step over all workers) cannot be split "
+                              f"evenly over {self.workers} workers: use --workers {counts}, or a batch size "
+                              f"divisible by {self.workers}")
+        if self.batch_size // self.workers < least:
+            raise ConfigError(f"--batch-size {self.batch_size} over {self.workers} workers leaves "
+                              f"{self.batch_size // self.workers} image per worker, and BatchNorm per worker "
+                              f"(--no-sync-bn) needs {least}: use --workers {counts}, or --sync-bn")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

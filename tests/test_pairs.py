@@ -79,8 +79,8 @@ def test_method_uses_every_aggregation(how, width):
     method = RelationalReasoning(cfg, Conv4())
     assert method.head[0].in_features == width
     views = torch.randn(3 * 4, 3, 32, 32)
-    logits, targets = method.relation_logits(method.backbone(views), 4, 3)
-    assert logits.shape == targets.shape == (4 * (9 - 3),)
+    logits, targets, count = method.relation_logits(method.backbone(views), 4, 3)
+    assert logits.shape == targets.shape == (4 * (9 - 3),) and count == len(logits)
     assert targets.sum() == len(targets) / 2
     loss, metrics = method(views, torch.zeros(4, dtype=torch.long))
     assert torch.isfinite(loss)
@@ -124,10 +124,10 @@ def test_dot_product_heads_score_pairs_as_written_out(head):
     assert not hasattr(method, "head")
     z = torch.randn(K * M, 64)
     method.generator = torch.Generator().manual_seed(5)
-    logits, targets = method.relation_logits(z, M, K)
+    e = method.encoder(z) if head == "encoder_dot" else z  # the method encodes each view before pairing
+    logits, targets, _ = method.relation_logits(e, M, K)
     left, right = positive_pairs(M, K)
     neg = negative_partners(right, M, torch.Generator().manual_seed(5))
-    e = method.encoder(z) if head == "encoder_dot" else z
     want = [float(e[a] @ e[b]) for a, b in zip(torch.cat([left, left]).tolist(), torch.cat([right, neg]).tolist())]
     assert torch.allclose(logits, torch.tensor(want), atol=1e-4)
     assert targets.sum() == len(targets) / 2
@@ -175,10 +175,33 @@ def test_semi_supervised_pairs_stay_balanced_and_add_one_positive_per_labelled_p
     classes = method.targets(labels, torch.arange(M))
     assert torch.equal(classes, labels)  # fraction 1: every label kept
     z = torch.randn(K * M, 64)
-    logits, targets = method.relation_logits(z, M, K, classes)
+    logits, targets, _ = method.relation_logits(z, M, K, classes)
     plain = M * (K * K - K)
     extra = 2 * (K * (K - 1) // 2) * 6  # 6 images have a same-class partner, in every view pair, + negatives
     assert len(targets) == plain + extra
     assert targets.sum() == len(targets) / 2
     loss, _ = method(torch.randn(K * M, 3, 32, 32), classes)
     assert torch.isfinite(loss)
+
+
+@pytest.mark.parametrize("semi", [False, True])
+def test_workers_shares_partition_the_global_pairs(semi):
+    """Each of N workers scores the pairs anchored at its own images, with the draws of the whole
+    batch: together the shares are exactly the pairs (and scores) one process builds."""
+    torch.manual_seed(0)
+    M, K, N = 12, 3, 3
+    method = RelationalReasoning(PretrainConfig(K=K, batch_size=M, label_fraction=0.5 if semi else 0.0),
+                                 Conv4()).double().eval()  # eval: the head scores each pair on its own
+    z = torch.randn(K * M, 64, dtype=torch.float64)
+    classes = torch.tensor([0, 1, 0, -1, 2, 1, 0, -1, 2, 3, 1, 2]) if semi else None
+
+    def scored(share):
+        method.generator = torch.Generator().manual_seed(9)  # every worker draws alike
+        logits, targets, count = method.relation_logits(z, M, K, classes, share)
+        return sorted(zip(logits.double().round(decimals=9).tolist(), targets.tolist())), count
+
+    whole, count = scored(None)
+    parts = [scored((r * M // N, (r + 1) * M // N)) for r in range(N)]
+    assert all(c == count for _, c in parts) and count == len(whole)
+    assert sorted(sum((p for p, _ in parts), [])) == whole
+    assert all(len(p) < len(whole) for p, _ in parts)

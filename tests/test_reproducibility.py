@@ -3,11 +3,11 @@
 import torch
 
 from rrdist.config import PretrainConfig
-from rrdist.data.augment import KViewAugment, view_generator
+from rrdist.data.augment import KViewAugment
 from rrdist.data.beton import load_manifest, split_path
 from rrdist.data.loader import image_loader
 from rrdist.methods import build_method
-from rrdist.train.loop import STEPS, epoch_seed, train_epoch
+from rrdist.train.loop import STEPS, train_epoch
 
 
 def loss_trace(root, seed, steps_seen, probe_factory=None, epochs=2):
@@ -16,19 +16,18 @@ def loss_trace(root, seed, steps_seen, probe_factory=None, epochs=2):
     torch.manual_seed(cfg.seed)
     method = build_method(cfg)
     optimizer = method.configure_optimizer()
-    loader = image_loader(split_path(manifest, "train"), cfg.batch_size, train=True, seed=cfg.seed)
+    loader = image_loader(split_path(manifest, "train"), cfg.batch_size, train=True, seed=cfg.seed, indices=True)
     torch.set_num_threads(1)
     augment = KViewAugment(32, tuple(manifest["mean"]), tuple(manifest["std"]))
-    generator = view_generator(0, torch.device("cpu"))
+    generator = torch.Generator()
     method.generator = generator
     probe = probe_factory(method.backbone) if probe_factory else None
     trace = []
     for epoch in range(epochs):
-        generator.manual_seed(epoch_seed(cfg.seed, 0, epoch))
-        sums = train_epoch(method, loader, augment, optimizer, cfg.K, generator, torch.device("cpu"), trace=trace,
-                           probe=probe)
+        sums = train_epoch(method, loader, augment, optimizer, cfg.K, cfg.seed, epoch, torch.device("cpu"),
+                           generator, trace=trace, probe=probe)
         steps_seen.append(int(sums[STEPS]))
-    return trace
+    return [step["loss"] for step in trace]
 
 
 def test_same_seed_same_loss_trace(digits_root):

@@ -19,7 +19,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from rrdist.data.keyed import ImageDraws
+
 GRAY_WEIGHTS = (0.2989, 0.587, 0.114)  # torchvision's rgb_to_grayscale
+TRIES = 10  # torchvision's random-resized-crop tries before it falls back to the centre
+# Uniform numbers per view: crop areas and aspect ratios (TRIES each), top, left, flip, jitter,
+# four jitter factors, four order keys, grayscale.
+UNIFORMS = 2 * TRIES + 4 + 4 + 4 + 1
 BRIGHTNESS, CONTRAST, SATURATION, HUE = range(4)
 
 
@@ -114,15 +120,28 @@ class KViewAugment:
 
     def sample(self, n: int, height: int, width: int, generator: torch.Generator,
                device: torch.device) -> ViewParams:
-        """Parameters of n views, with torchvision's random-resized-crop rule (10 tries, then centre)."""
-        def rand(*shape):
-            return torch.rand(*shape, generator=generator, device=device)
+        """Parameters of n views drawn from a generator."""
+        return self.params(torch.rand(n, UNIFORMS, generator=generator, device=device), height, width)
+
+    def params(self, u: torch.Tensor, height: int, width: int) -> ViewParams:
+        """Parameters of n views from their uniforms u [n, UNIFORMS], with torchvision's
+        random-resized-crop rule (10 tries, then the centre). Each view's parameters depend on its
+        own row of u only, so a view keyed by its image is the same in any batch."""
+        device = u.device
+        cursor = 0
+
+        def take(k: int = 0) -> torch.Tensor:
+            """The next k columns of u ([n, k]), or with k = 0 the next one ([n])."""
+            nonlocal cursor
+            block = u[:, cursor:cursor + max(k, 1)]
+            cursor += max(k, 1)
+            return block if k else block[:, 0]
 
         area = height * width
-        tries = 10
-        target_area = area * (self.scale[0] + (self.scale[1] - self.scale[0]) * rand(n, tries))
+        tries = TRIES
+        target_area = area * (self.scale[0] + (self.scale[1] - self.scale[0]) * take(tries))
         log_lo, log_hi = math.log(self.ratio[0]), math.log(self.ratio[1])
-        aspect = torch.exp(log_lo + (log_hi - log_lo) * rand(n, tries))
+        aspect = torch.exp(log_lo + (log_hi - log_lo) * take(tries))
         w = torch.round(torch.sqrt(target_area * aspect))
         h = torch.round(torch.sqrt(target_area / aspect))
         ok = (w > 0) & (w <= width) & (h > 0) & (h <= height)
@@ -140,22 +159,22 @@ class KViewAugment:
             fw, fh = width, height
         w = torch.where(any_ok, w, torch.full_like(w, fw))
         h = torch.where(any_ok, h, torch.full_like(h, fh))
-        top = torch.floor(rand(n) * (height - h + 1))
-        left = torch.floor(rand(n) * (width - w + 1))
+        top = torch.floor(take() * (height - h + 1))
+        left = torch.floor(take() * (width - w + 1))
         top = torch.where(any_ok, top, torch.full_like(top, (height - fh) // 2))
         left = torch.where(any_ok, left, torch.full_like(left, (width - fw) // 2))
 
         lo = torch.tensor([1 - self.brightness, 1 - self.contrast, 1 - self.saturation, -self.hue], device=device)
         hi = torch.tensor([1 + self.brightness, 1 + self.contrast, 1 + self.saturation, self.hue], device=device)
         lo[:3].clamp_(min=0.0)
-        factors = lo + (hi - lo) * rand(n, 4)
+        factors = lo + (hi - lo) * take(4)
         return ViewParams(
             top=top, left=left, height=h, width=w,
-            flip=rand(n) < self.flip_p,
-            jitter=rand(n) < self.jitter_p,
+            flip=take() < self.flip_p,
+            jitter=take() < self.jitter_p,
             factors=factors,
-            order=torch.argsort(rand(n, 4), dim=1),
-            gray=rand(n) < self.gray_p,
+            order=torch.argsort(take(4), dim=1, stable=True),
+            gray=take() < self.gray_p,
         )
 
     # ----------------------------------------------------------------------- application
@@ -200,15 +219,16 @@ class KViewAugment:
         std = torch.tensor(self.std, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
         return (x - mean) / std
 
-    def __call__(self, images: torch.Tensor, K: int, generator: torch.Generator) -> torch.Tensor:
+    def __call__(self, images: torch.Tensor, K: int, source: torch.Generator | ImageDraws) -> torch.Tensor:
         """uint8 [M, H, W, 3] -> float [K * M, 3, S, S], view-major (view k is rows k*M..k*M+M-1),
-        in channels-last memory.
+        in channels-last memory. `source`: the images' keyed draws (training: each view a function
+        of seed, epoch, image and view), or a generator.
 
         On a CPU the views are made by one fused kernel (`augment_cpu`), elsewhere by batched tensor
         operations; both apply the same sampled parameters with the same formulas.
         """
         M, H, W, _ = images.shape
-        p = self.sample(K * M, H, W, generator, images.device)
+        p = self.params(view_uniforms(source, K, M, UNIFORMS, images.device), H, W)
         if images.device.type == "cpu" and self.fused_cpu:
             return self.apply_fused(images, p)
         return self.apply(images, p, K)
@@ -244,6 +264,14 @@ class KViewAugment:
             x = F.interpolate(x, size=(self.out_size, self.out_size), mode="bilinear", align_corners=False,
                               antialias=True)
         return self.normalize(x)
+
+
+def view_uniforms(source: torch.Generator | ImageDraws, K: int, M: int, columns: int,
+                  device: torch.device) -> torch.Tensor:
+    """[K * M, columns] uniforms of a batch's views, view-major: keyed by image, or from a generator."""
+    if isinstance(source, ImageDraws):
+        return source.view_uniforms(K, columns).to(device)
+    return torch.rand(K * M, columns, generator=source, device=device)
 
 
 def view_generator(seed: int, device: torch.device) -> torch.Generator:

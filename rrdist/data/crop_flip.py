@@ -12,6 +12,10 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from rrdist.data.keyed import ImageDraws
+
+UNIFORMS = 3  # per view: top, left, flip
+
 
 @dataclass
 class CropFlipParams:
@@ -29,10 +33,13 @@ class CropFlip:
     flip_p: float = 0.5
 
     def sample(self, n: int, generator: torch.Generator, device: torch.device) -> CropFlipParams:
+        return self.params(torch.rand(n, UNIFORMS, generator=generator, device=device))
+
+    def params(self, u: torch.Tensor) -> CropFlipParams:
+        """Parameters of n views from their uniforms u [n, UNIFORMS] (one row per view)."""
         span = 2 * self.padding + 1
-        offsets = torch.randint(0, span, (2, n), generator=generator, device=device)
-        return CropFlipParams(top=offsets[0], left=offsets[1],
-                              flip=torch.rand(n, generator=generator, device=device) < self.flip_p)
+        offsets = torch.floor(u[:, :2] * span).to(torch.int64).clamp_(max=span - 1)
+        return CropFlipParams(top=offsets[:, 0], left=offsets[:, 1], flip=u[:, 2] < self.flip_p)
 
     def apply(self, images: torch.Tensor, p: CropFlipParams) -> torch.Tensor:
         """uint8 [M, H, W, 3] and n = K * M view-major parameters -> normalised [n, 3, S, S], channels-last."""
@@ -49,5 +56,8 @@ class CropFlip:
         std = torch.tensor(self.std, device=images.device)
         return ((views - mean) / std).permute(0, 3, 1, 2)
 
-    def __call__(self, images: torch.Tensor, K: int, generator: torch.Generator) -> torch.Tensor:
-        return self.apply(images, self.sample(K * images.shape[0], generator, images.device))
+    def __call__(self, images: torch.Tensor, K: int, source: torch.Generator | ImageDraws) -> torch.Tensor:
+        from rrdist.data.augment import view_uniforms
+
+        u = view_uniforms(source, K, images.shape[0], UNIFORMS, images.device)
+        return self.apply(images, self.params(u))

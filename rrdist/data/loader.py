@@ -4,24 +4,63 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from rrdist.errors import DataError, first_line
 
 
+def global_batch_order(count: int, batch_size: int, seed: int, epoch: int, rank: int = 0,
+                       workers: int = 1) -> np.ndarray:
+    """The images (positions in the split) worker `rank` reads in `epoch`, batch after batch.
+
+    One seeded permutation per epoch, cut into global batches of `batch_size` (the last partial
+    batch is dropped); worker r takes the r-th contiguous share of every batch. Concatenating the
+    workers' shares of a batch in rank order gives that batch as one worker reads it.
+    """
+    from rrdist.data.keyed import key
+
+    m = batch_size // workers
+    permutation = np.random.default_rng(key(seed, epoch, 0x0D4E)).permutation(count)
+    batches = permutation[:(count // batch_size) * batch_size].reshape(-1, batch_size)
+    return batches[:, rank * m:(rank + 1) * m].reshape(-1)
+
+
+def _global_batch_traversal(batch_size: int, seed: int, rank: int, workers: int):
+    """An FFCV traversal order (FFCV takes an instance and calls it with the loader) that reads
+    `global_batch_order`."""
+    from ffcv.traversal_order.base import TraversalOrder
+
+    class GlobalBatchOrder(TraversalOrder):
+        def __init__(self) -> None:  # bound to its loader when FFCV calls it
+            pass
+
+        def __call__(self, loader) -> "GlobalBatchOrder":
+            super().__init__(loader)
+            return self
+
+        def sample_order(self, epoch: int) -> np.ndarray:
+            order = global_batch_order(len(self.indices), batch_size, seed, epoch, rank, workers)
+            return self.indices[order]
+
+    return GlobalBatchOrder()
+
+
 def image_loader(path: str | Path, batch_size: int, *, train: bool, num_workers: int = 1, seed: int = 0,
-                 distributed: bool = False, device: torch.device | None = None, drop_last: bool | None = None,
-                 indices: bool = False):
-    """An FFCV Loader over a .beton: random order (seeded per epoch) for training, sequential otherwise.
+                 rank: int = 0, workers: int = 1, device: torch.device | None = None,
+                 drop_last: bool | None = None, indices: bool = False):
+    """An FFCV Loader over a .beton: for training the global-batch order (`global_batch_order`:
+    `batch_size` is the global batch, each of `workers` workers reads its share of it), otherwise
+    sequential.
 
     With `indices=True` each batch also carries the images' positions in the split (file order).
-
-    With `distributed=True` FFCV shards by rank (torch.distributed must be initialised); every
-    rank passes the same seed so the shards partition one shared permutation.
     """
     from ffcv.fields.decoders import IntDecoder, SimpleRGBImageDecoder
     from ffcv.loader import Loader, OrderOption
     from ffcv.transforms import ToDevice, ToTensor
+
+    if batch_size % workers:
+        raise ValueError(f"a global batch of {batch_size} cannot be split over {workers} workers")
 
     image = [SimpleRGBImageDecoder(), ToTensor()]
     label = [IntDecoder(), ToTensor()]
@@ -34,11 +73,10 @@ def image_loader(path: str | Path, batch_size: int, *, train: bool, num_workers:
     threads = torch.get_num_threads()
     try:
         loader = Loader(
-            str(path), batch_size=batch_size, num_workers=num_workers,
-            order=OrderOption.RANDOM if train else OrderOption.SEQUENTIAL,
+            str(path), batch_size=batch_size // workers if train else batch_size, num_workers=num_workers,
+            order=_global_batch_traversal(batch_size, seed, rank, workers) if train else OrderOption.SEQUENTIAL,
             os_cache=True, drop_last=train if drop_last is None else drop_last,
-            pipelines={"image": image, "label": label, "index": index}, distributed=distributed, seed=seed,
-            batches_ahead=3)
+            pipelines={"image": image, "label": label, "index": index}, seed=seed, batches_ahead=3)
     except Exception as e:  # FFCV raises assorted errors on unreadable files
         raise DataError(f"cannot read {path} ({type(e).__name__}: {first_line(e)}): "
                         f"it may be corrupt, run `rrdist data prepare ... --force`") from None

@@ -3,6 +3,12 @@
 A method is an nn.Module so that DDP can wrap it whole: `forward(views, labels)` is the
 training step and returns (loss, metrics), metrics being detached tensors that stay on the
 device until the worker loop reads them once per epoch.
+
+A step on N workers must equal a step on one worker holding the whole global batch: each worker's
+`forward` sees its share (M / N images, in rank order; `rrdist.collective`), and its loss is
+scaled so that the mean of the workers' gradients (what DDP applies) is the single-process
+gradient. Per-image losses averaged over equal shares satisfy this as they are; losses that relate
+images to each other gather what they need.
 """
 
 from __future__ import annotations
@@ -19,6 +25,9 @@ class Method(nn.Module):
     trainable = True  # False: the initial backbone is saved without training (random weights)
     needs_indices = False  # True: each step's targets come from `targets(labels, image indices)`
     needs_labels = False  # True: trains on the labelled training split (STL-10 pretrains on its unlabeled one)
+    # Draws every worker shares in a step (negatives, prior samples): the worker loop reseeds it
+    # each step with the same seed on every rank; None outside training (then the global RNG).
+    generator: torch.Generator | None = None
 
     def __init__(self, cfg: PretrainConfig, backbone: nn.Module, num_classes: int = 10) -> None:
         super().__init__()

@@ -21,6 +21,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from rrdist.collective import gather, own_images, world
 from rrdist.config import PretrainConfig
 from rrdist.methods.base import Method
 
@@ -40,17 +41,21 @@ class _Reverse(torch.autograd.Function):
         return -grad
 
 
-def local_jsd_loss(global_emb: torch.Tensor, local_emb: torch.Tensor) -> torch.Tensor:
-    """-(JSD MI estimate): global_emb [N, E], local_emb [N, E, P] (P positions).
+def local_jsd_loss(global_emb: torch.Tensor, local_emb: torch.Tensor, offset: int = 0) -> torch.Tensor:
+    """-(JSD MI estimate): global_emb [N, E] of the whole batch, local_emb [n, E, P] (P positions)
+    of images offset .. offset + n - 1 of it (all N by default).
 
-    Scores s[n, m, p] = global_emb[n] . local_emb[m, :, p]; positives n == m, negatives n != m:
-    mean softplus(-s) over positives + mean softplus(s) over negatives.
+    Scores s[a, b, p] = global_emb[a] . local_emb[b, :, p]; positives a == offset + b, negatives
+    the others: mean softplus(-s) over the batch's N P positives + mean softplus(s) over its
+    N (N - 1) P negatives, of which these images' columns contribute their share.
     """
-    n = global_emb.shape[0]
-    scores = torch.einsum("ne,mep->nmp", global_emb, local_emb)
-    same = torch.eye(n, dtype=torch.bool, device=scores.device)[:, :, None].expand_as(scores)
-    positive = F.softplus(-scores[same]).mean()
-    negative = F.softplus(scores[~same]).mean()
+    N, n, P = global_emb.shape[0], local_emb.shape[0], local_emb.shape[2]
+    scores = torch.einsum("ae,bep->abp", global_emb, local_emb)
+    same = torch.zeros(N, n, dtype=torch.bool, device=scores.device)
+    same[offset + torch.arange(n, device=scores.device), torch.arange(n, device=scores.device)] = True
+    same = same[:, :, None].expand_as(scores)
+    positive = F.softplus(-scores[same]).sum() / (N * P)
+    negative = F.softplus(scores[~same]).sum() / (N * (N - 1) * P)
     return positive + negative
 
 
@@ -86,9 +91,14 @@ class DeepInfoMax(Method):
     def forward(self, views: torch.Tensor, labels: torch.Tensor):
         y = self.backbone(views)
         local = self._local
-        local_emb = self.local_critic(local).flatten(2)  # [N, E, P]
-        mi_loss = local_jsd_loss(self.global_critic(y), local_emb)
-        prior = torch.rand_like(y)
+        local_emb = self.local_critic(local).flatten(2)  # [m, E, P]: this worker's images
+        global_emb = gather(self.global_critic(y))  # [M, E]: the global batch's, negatives for every image
+        start, stop = own_images(global_emb.shape[0])
+        # This worker's columns of the batch's scores; times N so that DDP's mean is the whole loss.
+        mi_loss = local_jsd_loss(global_emb, local_emb, start) * world()[1]
+        # The prior's samples of the whole batch, drawn alike on every worker; this worker's rows.
+        M, d = global_emb.shape[0], y.shape[1]
+        prior = torch.rand(M, d, generator=self.generator, device=y.device, dtype=y.dtype)[start:stop]
         real = self.prior_discriminator(prior).squeeze(1)
         fake = self.prior_discriminator(_Reverse.apply(torch.sigmoid(y))).squeeze(1)
         prior_loss = (F.binary_cross_entropy_with_logits(real, torch.ones_like(real)) +

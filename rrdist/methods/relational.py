@@ -4,6 +4,11 @@ For every unordered pair of views i < j of a mini-batch of M images, M positive 
 and view j of the same image) and M negative pairs (view i of image n with view j of another
 image): P = M (K^2 - K) pairs per step, scored by a relation head and trained with the focal
 BCE of eq. (7)-(8). Pairs are built with index tensors, in one shot.
+
+On N workers the pairs are those of the global batch: every worker gathers all views' features,
+draws the same negatives (the shared generator), and scores the pairs anchored at its own images;
+its loss is its share's sum over the global pair count, times N, so that the workers' averaged
+gradient is the single-process gradient (tested).
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from rrdist.collective import gather_detached, gather_views, own_images, world
 from rrdist.config import PretrainConfig
 from rrdist.losses import focal_bce_with_logits
 from rrdist.methods.base import Method
@@ -113,8 +119,7 @@ class RelationalReasoning(Method):
             self.head = relation_head(width)
         elif cfg.head == "encoder_dot":  # Table 14 (b): each representation encoded again, then a dot product
             self.encoder = mlp_head(backbone.feature_size, backbone.feature_size)
-        self._pairs: dict[tuple[int, int, str], tuple[torch.Tensor, torch.Tensor]] = {}
-        self.generator: torch.Generator | None = None  # set by the worker loop for reproducible negatives
+        self._pairs: dict[tuple, tuple[torch.Tensor, torch.Tensor] | torch.Tensor] = {}
 
     @property
     def views_per_image(self) -> int:
@@ -139,10 +144,21 @@ class RelationalReasoning(Method):
             self._pairs[key] = positive_pairs(M, K, device)
         return self._pairs[key]
 
-    def relation_logits(self, z: torch.Tensor, M: int, K: int,
-                        classes: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Scores and targets of every pair; with `classes` (semi-supervised) also positives of
-        different images of one class, each matched by one more negative to keep the balance."""
+    def share_rows(self, M: int, K: int, share: tuple[int, int], device: torch.device) -> torch.Tensor:
+        """Rows, among the positives then the negatives, of the pairs anchored at images share[0]..share[1]-1."""
+        key = (M, K, share, str(device))
+        if key not in self._pairs:
+            per_view_pair = torch.arange(share[0], share[1], device=device)
+            positives = (torch.arange(K * (K - 1) // 2, device=device)[:, None] * M + per_view_pair).reshape(-1)
+            self._pairs[key] = torch.cat([positives, positives + M * K * (K - 1) // 2])
+        return self._pairs[key]
+
+    def relation_logits(self, z: torch.Tensor, M: int, K: int, classes: torch.Tensor | None = None,
+                        share: tuple[int, int] | None = None) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """Scores and targets of every pair of the batch's view-major features z [K * M, D], and the
+        number of pairs; with `classes` (semi-supervised) also positives of different images of one
+        class, each matched by one more negative to keep the balance. With `share`, only the pairs
+        anchored at those images are scored (the draws are still those of the whole batch)."""
         left, right = self.pairs(M, K, z.device)
         neg_right = negative_partners(right, M, self.generator)
         if classes is not None:
@@ -154,20 +170,31 @@ class RelationalReasoning(Method):
             neg_right = torch.cat([neg_right, extra_neg])
         all_left = torch.cat([left, left])
         all_right = torch.cat([right, neg_right])
+        targets = torch.cat([torch.ones_like(left, dtype=z.dtype), torch.zeros_like(left, dtype=z.dtype)])
+        count = all_left.numel()
+        if share is not None and share != (0, M):
+            if classes is None:  # a fixed set of rows: no search, no wait for the device
+                rows = self.share_rows(M, K, share, z.device)
+            else:
+                anchor = all_left % M
+                rows = ((anchor >= share[0]) & (anchor < share[1])).nonzero().squeeze(1)
+            all_left, all_right, targets = all_left[rows], all_right[rows], targets[rows]
         if self.cfg.head == "relation":
             logits = relation_scores(self.head, z, all_left, all_right, self.cfg.aggregation)
         else:  # Table 14 ablations: no aggregation, a dot product scores the pair
-            e = self.encoder(z) if self.cfg.head == "encoder_dot" else z
-            logits = (e.index_select(0, all_left) * e.index_select(0, all_right)).sum(dim=1)
-        targets = torch.cat([torch.ones_like(left, dtype=z.dtype), torch.zeros_like(left, dtype=z.dtype)])
-        return logits, targets
+            logits = (z.index_select(0, all_left) * z.index_select(0, all_right)).sum(dim=1)
+        return logits, targets, count
 
     def forward(self, views: torch.Tensor, labels: torch.Tensor):
         K = self.cfg.K
-        M = views.shape[0] // K
         z = self.backbone(views)
-        classes = labels if self.cfg.label_fraction > 0 else None
-        logits, targets = self.relation_logits(z, M, K, classes)
-        loss = focal_bce_with_logits(logits, targets, self.cfg.gamma)
-        correct = ((logits > 0).to(targets.dtype) == targets).float().mean()
+        if self.cfg.head == "encoder_dot":  # per view, before the gather: its BatchNorm sees each view once
+            z = self.encoder(z)
+        z = gather_views(z, K)  # the global batch's views; gradients return to their workers
+        M = z.shape[0] // K
+        classes = gather_detached(labels) if self.cfg.label_fraction > 0 else None
+        logits, targets, count = self.relation_logits(z, M, K, classes, own_images(M))
+        scale = world()[1] / count  # share sum over the global count, times N: DDP's mean is the global loss
+        loss = focal_bce_with_logits(logits, targets, self.cfg.gamma, reduction="sum") * scale
+        correct = ((logits > 0).to(targets.dtype) == targets).sum() * scale
         return loss, {"loss": loss.detach(), "pair_acc": correct.detach()}

@@ -15,10 +15,10 @@ concatenated batch (tested).
 from __future__ import annotations
 
 import torch
-import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 
+from rrdist.collective import gather, world
 from rrdist.config import PretrainConfig
 from rrdist.methods.base import Method
 from rrdist.models.heads import mlp_head
@@ -28,11 +28,7 @@ PROJECTION = 64  # output size of the projection head
 
 def gather_with_grad(z: torch.Tensor) -> tuple[torch.Tensor, int]:
     """All workers' rows, worker by worker, and the row where this worker's own rows start."""
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return z, 0
-    from torch.distributed.nn.functional import all_gather  # differentiable: backward sums over workers
-
-    return torch.cat(all_gather(z)), dist.get_rank() * z.shape[0]
+    return gather(z), world()[0] * z.shape[0]
 
 
 def nt_xent(z: torch.Tensor, z_all: torch.Tensor, offset: int, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:

@@ -23,11 +23,6 @@ FAILURE_FILE = "failure.json"  # a failure no restart can fix, for the driver to
 LOSS, ACC, STEPS, NONFINITE, VIEWS = range(5)
 
 
-def epoch_seed(seed: int, rank: int, epoch: int) -> int:
-    """The views' seed: a function of (seed, rank, epoch), so a resumed epoch sees the same views."""
-    return (seed * 1_000_003 + rank * 10_007 + epoch) % (2**63 - 1)
-
-
 class TrainingImages:
     """The un-augmented training images, for methods that look at all of them (DeepCluster)."""
 
@@ -68,24 +63,31 @@ def set_kernel_threads(n: int) -> None:
 
 
 def train_epoch(model: torch.nn.Module, loader, augment, optimizer: torch.optim.Optimizer, K: int,
-                generator: torch.Generator, device: torch.device, fault: str | None = None,
-                trace: list[float] | None = None, precision: str = "fp32",
+                seed: int, epoch: int, device: torch.device, generator: torch.Generator | None = None,
+                fault: str | None = None, trace: list[dict] | None = None, precision: str = "fp32",
                 on_step=None, targets=None, probe=None) -> torch.Tensor:
-    """One pass over the loader; returns the device-side sums [loss, acc, steps, nonfinite, views].
+    """One pass over the loader (batches of images, labels, image indices); returns the device-side
+    sums [loss, acc, steps, nonfinite, views].
 
-    `targets(labels, indices)`, when given, makes each step's targets (the loader then yields indices).
+    Each image's views are keyed by (seed, epoch, image index); `generator`, the method's draws that
+    every worker shares (negatives), is reseeded by (seed, epoch, step). `targets(labels, indices)`,
+    when given, makes each step's targets.
     """
+    from rrdist.data.keyed import ImageDraws, step_seed
+
     sums = torch.zeros(5, device=device, dtype=torch.float64)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
-    for step, batch in enumerate(loader):
+    for step, (images, labels, indices) in enumerate(loader):
         if on_step is not None:
             on_step(step)
-        images = batch[0].to(device, non_blocking=True)
-        labels = batch[1].to(device, non_blocking=True)
+        if generator is not None:
+            generator.manual_seed(step_seed(seed, epoch, step))
+        images = images.to(device, non_blocking=True)
+        labels = labels.to(device, non_blocking=True)
         raw_labels = labels
         if targets is not None:
-            labels = targets(labels, batch[2].to(device, non_blocking=True))
-        views = augment(images, K, generator)
+            labels = targets(labels, indices.to(device, non_blocking=True))
+        views = augment(images, K, ImageDraws(seed, epoch, indices))
         with autocast:
             loss, metrics = model(views, labels)
         if fault == "nan-loss":  # test hook: what a diverged run looks like
@@ -100,8 +102,10 @@ def train_epoch(model: torch.nn.Module, loader, augment, optimizer: torch.optim.
         sums[STEPS] += 1
         sums[NONFINITE] += ~torch.isfinite(loss.detach())
         sums[VIEWS] += views.shape[0]
-        if trace is not None:
-            trace.append(float(metrics["loss"]))
+        if trace is not None:  # test hook (syncs with the device): the step's loss share, and its views
+            m = images.shape[0]
+            trace.append({"loss": float(metrics["loss"]), "images": indices.tolist(),
+                          "views": views.detach().double().reshape(-1, m, views[0].numel()).sum(2).t().tolist()})
     return sums
 
 
@@ -110,7 +114,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     import ray.train.torch
     from torch.utils.tensorboard import SummaryWriter
 
-    from rrdist.data.augment import view_generator
+    from rrdist.collective import convert_global_batchnorm
     from rrdist.data.loader import image_loader
     from rrdist.methods import build_method
     from rrdist.train.checkpoint import BACKBONE_FILE, save_backbone, save_state
@@ -130,6 +134,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank
     method = build_method(cfg, data["num_classes"])
     method = method.to(memory_format=torch.channels_last)  # the views come channels-last too
+    if cfg.sync_bn and world > 1:  # BatchNorm over the global batch, as one process would compute it
+        convert_global_batchnorm(method)  # in place: parameters, buffers and checkpoint keys unchanged
     optimizer = method.configure_optimizer()
     start_epoch = 0
     state = resume_state(ray.train.get_checkpoint(), run, announce=rank == 0)
@@ -137,9 +143,6 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         method.load_state_dict(state["method"])
         optimizer.load_state_dict(state["optimizer"])
         start_epoch = int(state["epoch"])
-    if cfg.sync_bn:
-        method = torch.nn.SyncBatchNorm.convert_sync_batchnorm(method)
-        optimizer = rebind_optimizer(optimizer, method)
     if cfg.compile:
         method.backbone.compile()  # in place: parameter names (and checkpoints) stay as they are
     model = ray.train.torch.prepare_model(method) if world > 1 or cfg.use_gpu else method
@@ -150,8 +153,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
 
         stage(data["uri"], data["dataset"], data["root"], log=print if rank == 0 else (lambda *a: None))
     split = data["labelled"] if method.needs_labels else data["train"]
-    loader = image_loader(split, cfg.batch_size, train=True, num_workers=cfg.loader_workers,
-                          seed=cfg.seed, distributed=world > 1, device=device, indices=method.needs_indices)
+    loader = image_loader(split, cfg.batch_size, train=True, num_workers=cfg.loader_workers, seed=cfg.seed,
+                          rank=rank, workers=world, device=device, indices=True)
     images = TrainingImages(data, device)
     probe = None
     if cfg.online_probe:
@@ -162,7 +165,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     torch.set_num_threads(cfg.cpus_per_worker)
     set_kernel_threads(cfg.cpus_per_worker)
     augment = build_augment(method.augmentation, data)
-    generator = view_generator(0, device)
+    generator = torch.Generator(device=device)  # the draws every worker shares, reseeded every step
     method.generator = generator
 
     if rank == 0 and run.remote:  # the URI holds the earlier events; this writer adds a file of its own
@@ -176,14 +179,17 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     if not method.trainable and rank == 0:
         print(f"{cfg.method}: nothing to train, saving the initial backbone")
     for epoch in range(start_epoch, cfg.epochs if method.trainable else 0):
-        generator.manual_seed(epoch_seed(cfg.seed, rank, epoch))
         method.on_epoch_start(epoch, optimizer, images)
         model.train()
         start = time.perf_counter()
         kill = worker_kill_hook(fault, rank, epoch, run_dir)
-        sums = train_epoch(model, loader, augment, optimizer, method.views_per_image, generator, device, fault,
-                           precision=cfg.precision, on_step=kill,
+        trace = [] if loop_config.get("trace") else None
+        sums = train_epoch(model, loader, augment, optimizer, method.views_per_image, cfg.seed, epoch, device,
+                           generator, fault, trace=trace, precision=cfg.precision, on_step=kill,
                            targets=method.targets if method.needs_indices else None, probe=probe)
+        if trace is not None:  # test hook: this worker's per-step loss (its share of the global loss)
+            Path(loop_config["trace"]).mkdir(parents=True, exist_ok=True)
+            (Path(loop_config["trace"]) / f"epoch{epoch + 1}-rank{rank}.json").write_text(json.dumps(trace))
         probe_sums = probe.take_accuracy() if probe is not None else None
         if world > 1:
             torch.distributed.all_reduce(sums)  # global metrics, not rank 0's share
@@ -203,7 +209,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             return
         done = epoch + 1
         metrics = {"epoch": done, "loss": loss_sum / max(steps, 1), "pair_acc": acc_sum / max(steps, 1),
-                   "views_per_s": views / max(elapsed, 1e-9), "epoch_time_s": elapsed, "steps": int(steps),
+                   "views_per_s": views / max(elapsed, 1e-9), "epoch_time_s": elapsed, "steps": int(steps) // world,
                    **method.epoch_metrics()}
         if probe_sums is not None:
             correct, counted = probe_sums.tolist()
@@ -277,13 +283,6 @@ def resume_state(checkpoint, run: RunFolder, announce: bool = False) -> dict[str
         raise TrainingError(f"{MARKER}no readable checkpoint in {run}/train ({problem}): "
                             f"choose a new --out folder to start again")
     return None
-
-
-def rebind_optimizer(optimizer: torch.optim.Optimizer, model: torch.nn.Module) -> torch.optim.Optimizer:
-    """The same optimizer (and state) over a converted model's parameters (SyncBatchNorm copies them)."""
-    fresh = type(optimizer)(model.parameters(), **optimizer.defaults)
-    fresh.load_state_dict(optimizer.state_dict())
-    return fresh
 
 
 def worker_kill_hook(fault: str | None, rank: int, epoch: int, run_dir: Path):

@@ -107,7 +107,8 @@ def pretrain(cfg: PretrainConfig, address: str | None = None, log=print, callbac
                  "mean": manifest["mean"], "std": manifest["std"], "uri": cfg.data_uri,
                  "num_classes": manifest["num_classes"],
                  "dataset": cfg.dataset, "root": str(Path(cfg.root).resolve())},
-        "fault": os.environ.get("RRDIST_FAULT"),
+        "fault": os.environ.get("RRDIST_FAULT"),  # test hooks: a failure to inject,
+        "trace": os.environ.get("RRDIST_TRACE"),  # and a folder for every worker's per-step losses
     }
     trainer = TorchTrainer(
         train_loop_per_worker,

@@ -1,0 +1,155 @@
+"""Data parallelism that computes what one process would: which share of the global batch this
+worker holds, gathers whose gradients flow back to the worker that owns the rows, and BatchNorm
+over the global batch.
+
+The global batch of M images is split over N workers in rank order: worker r holds images
+r*m .. (r+1)*m - 1 (m = M / N). Every helper here is the identity on a single process, so a
+method written with them runs unchanged on one worker or many.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+
+
+def world() -> tuple[int, int]:
+    """(this worker's rank, number of workers); (0, 1) outside a process group."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+class _Gather(torch.autograd.Function):
+    """All workers' rows in rank order; backward: the sum over workers of the gradient of this
+    worker's rows (an all-reduce, which gloo and NCCL both run, then this worker's block)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        rank, n = world()
+        ctx.rows = (rank * x.shape[0], (rank + 1) * x.shape[0])
+        parts = [torch.empty_like(x) for _ in range(n)]
+        dist.all_gather(parts, x.contiguous())
+        return torch.cat(parts)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.contiguous().clone()
+        dist.all_reduce(grad)
+        return grad[ctx.rows[0]:ctx.rows[1]]
+
+
+class _AllReduceSum(torch.autograd.Function):
+    """The sum over workers; its gradient is the sum over workers of the output's gradient."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        x = x.contiguous().clone()
+        dist.all_reduce(x)
+        return x
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.contiguous().clone()
+        dist.all_reduce(grad)
+        return grad
+
+
+def gather(x: torch.Tensor) -> torch.Tensor:
+    """Every worker's rows of x, in rank order; differentiable: each worker receives the gradient
+    of every loss term, on any worker, that used its rows."""
+    return x if world()[1] == 1 else _Gather.apply(x)
+
+
+def gather_detached(x: torch.Tensor) -> torch.Tensor:
+    """Every worker's rows of x, in rank order, without gradient (labels, indices, probe inputs)."""
+    _, n = world()
+    if n == 1:
+        return x
+    parts = [torch.empty_like(x) for _ in range(n)]
+    dist.all_gather(parts, x.contiguous())
+    return torch.cat(parts)
+
+
+def gather_views(x: torch.Tensor, K: int) -> torch.Tensor:
+    """View-major rows [K * m, ...] of this worker's images -> the view-major rows [K * M, ...] of the
+    global batch, exactly as one process holding all M images would lay them out (row k*M + g is
+    view k of global image g); differentiable like `gather`."""
+    _, n = world()
+    if n == 1:
+        return x
+    blocks = gather(x).reshape(n, K, x.shape[0] // K, *x.shape[1:])  # [worker, view, image, ...]
+    return blocks.transpose(0, 1).reshape(n * x.shape[0], *x.shape[1:])
+
+
+def own_images(M: int) -> tuple[int, int]:
+    """[start, stop) of this worker's images within the global batch of M."""
+    rank, n = world()
+    m = M // n
+    return rank * m, (rank + 1) * m
+
+
+def _all_reduce_sum(x: torch.Tensor) -> torch.Tensor:
+    return _AllReduceSum.apply(x)
+
+
+class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
+    """BatchNorm whose training statistics are those of the global batch over all workers.
+
+    torch's SyncBatchNorm accepts CUDA tensors only; this one is written with all-reduces that gloo
+    (CPU) and NCCL (GPU) both run, and autograd differentiates through them, so the backward pass
+    also sees the global batch. Two passes (mean, then the squared deviations) keep the variance as
+    accurate as a single process's. Parameters, buffers and state-dict keys are BatchNorm's: a saved
+    model loads into plain BatchNorm. Outside a process group, and in eval mode, it is plain BatchNorm.
+    """
+
+    def _check_input_dim(self, x: torch.Tensor) -> None:
+        if x.dim() < 2:
+            raise ValueError(f"expected at least 2D input (got {x.dim()}D input)")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        _, n = world()
+        if n == 1 or not self.training:
+            return super().forward(x)
+        self._check_input_dim(x)
+        dims = [0, *range(2, x.dim())]
+        shape = [1, -1] + [1] * (x.dim() - 2)
+        xf = x.to(torch.promote_types(x.dtype, torch.float32))  # statistics in float32 at least
+        # Workers may hold different numbers of rows (a relation head's pairs): the count is summed
+        # with the first statistic, on the device, so nothing waits for it on the host.
+        local_count = torch.full((1,), x.numel() / x.shape[1], dtype=xf.dtype, device=x.device)
+        sums = _all_reduce_sum(torch.cat([xf.sum(dims), local_count]))
+        total = sums[-1]
+        mean = sums[:-1] / total
+        centred = xf - mean.view(shape)
+        var = _all_reduce_sum(centred.square().sum(dims)) / total
+        if self.track_running_stats:
+            with torch.no_grad():
+                self.num_batches_tracked.add_(1)
+                momentum = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
+                unbiased = var * total / (total - 1.0).clamp(min=1.0)
+                self.running_mean.lerp_(mean.to(self.running_mean.dtype), momentum)
+                self.running_var.lerp_(unbiased.to(self.running_var.dtype), momentum)
+        y = centred * torch.rsqrt(var + self.eps).view(shape)
+        if self.affine:
+            y = y * self.weight.view(shape) + self.bias.view(shape)
+        return y.to(x.dtype)
+
+
+def convert_global_batchnorm(module: nn.Module) -> nn.Module:
+    """Every BatchNorm of `module` becomes a GlobalBatchNorm sharing its parameters and buffers
+    (the optimizer's parameters stay the same objects). Returns the module (replaced if it is one)."""
+    if isinstance(module, nn.modules.batchnorm._BatchNorm) and not isinstance(module, GlobalBatchNorm):
+        converted = GlobalBatchNorm(module.num_features, module.eps, module.momentum, module.affine,
+                                    module.track_running_stats)
+        if module.affine:
+            converted.weight, converted.bias = module.weight, module.bias
+        if module.track_running_stats:
+            converted.running_mean, converted.running_var = module.running_mean, module.running_var
+            converted.num_batches_tracked = module.num_batches_tracked
+        converted.train(module.training)
+        return converted
+    for name, child in module.named_children():
+        setattr(module, name, convert_global_batchnorm(child))
+    return module

@@ -1,0 +1,281 @@
+"""One global batch on any number of workers: the same data order, views, pairs, gradients and loss
+trace on one and two workers (real FFCV loaders; real Ray Train with gloo on the CPU)."""
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import ray.cloudpickle
+import torch
+
+from rrdist.collective import GlobalBatchNorm, convert_global_batchnorm
+from rrdist.config import PretrainConfig
+from rrdist.data.beton import load_manifest, split_path
+from rrdist.data.keyed import ImageDraws, key, mix, step_seed, uniform
+from rrdist.data.loader import global_batch_order, image_loader
+
+ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers cannot import tests/
+
+M = 16  # the global batch of the one-step tests
+
+
+# --------------------------------------------------------------------------- data order and views
+@pytest.mark.parametrize("count,batch", [(100, 8), (1437, 32)])
+def test_global_batches_are_split_over_the_ranks_in_order(count, batch):
+    for epoch in range(2):
+        single = global_batch_order(count, batch, seed=3, epoch=epoch)
+        assert len(single) == (count // batch) * batch  # the last partial batch is dropped
+        assert len(set(single.tolist())) == len(single) and single.max() < count
+        for workers in (2, 4, 8):
+            m = batch // workers
+            for rank in range(workers):
+                share = global_batch_order(count, batch, 3, epoch, rank, workers)
+                assert np.array_equal(share.reshape(-1, m), single.reshape(-1, batch)[:, rank * m:(rank + 1) * m])
+    assert not np.array_equal(global_batch_order(count, batch, 3, 0), global_batch_order(count, batch, 3, 1))
+    assert not np.array_equal(global_batch_order(count, batch, 3, 0), global_batch_order(count, batch, 4, 0))
+    assert np.array_equal(global_batch_order(count, batch, 3, 0), global_batch_order(count, batch, 3, 0))
+
+
+def reference_lowbias32(x: int) -> int:
+    """The hash as published, on Python integers."""
+    x ^= x >> 16
+    x = (x * 0x7FEB352D) & 0xFFFFFFFF
+    x ^= x >> 15
+    x = (x * 0x846CA68B) & 0xFFFFFFFF
+    return x ^ (x >> 16)
+
+
+def test_keyed_uniforms_are_a_pure_function_of_their_key():
+    values = torch.randint(0, 2**32, (5000,), generator=torch.Generator().manual_seed(0), dtype=torch.int64)
+    assert mix(values).tolist() == [reference_lowbias32(v) for v in values.tolist()]
+    assert len(set(mix(torch.arange(1 << 16)).tolist())) == 1 << 16  # a bijection: no two inputs collide
+
+    a = ImageDraws(5, 2, torch.tensor([3, 7, 11])).view_uniforms(4, 33)
+    b = ImageDraws(5, 2, torch.tensor([11, 3])).view_uniforms(4, 33)
+    for k in range(4):  # view k of image 3, and of image 11, in two different batches
+        assert torch.equal(a[k * 3 + 0], b[k * 2 + 1]) and torch.equal(a[k * 3 + 2], b[k * 2 + 0])
+    assert not torch.equal(a, ImageDraws(5, 3, torch.tensor([3, 7, 11])).view_uniforms(4, 33))  # epoch
+    assert not torch.equal(a, ImageDraws(6, 2, torch.tensor([3, 7, 11])).view_uniforms(4, 33))  # seed
+    assert step_seed(0, 1, 2) != step_seed(0, 1, 3) and step_seed(0, 1, 2) == step_seed(0, 1, 2)
+
+    u = uniform(key(1), torch.arange(200_000), 3)
+    assert u.min() >= 0 and u.max() < 1
+    for column in u.t():  # Kolmogorov-Smirnov distance to U(0, 1); 0.004 is far above chance at this n
+        ks = (column.sort().values - torch.linspace(0, 1, len(column))).abs().max()
+        assert ks < 0.004, float(ks)
+    assert abs(float(torch.corrcoef(u.t())[0, 1])) < 0.01
+
+
+def first_batches(loader, n):
+    out = []
+    for i, (images, labels, indices) in enumerate(loader):
+        out.append((images.clone(), labels, indices))
+        if i + 1 == n:
+            return out
+
+
+@pytest.mark.parametrize("recipe", ["kview", "kview-tensor", "crop_flip"])
+def test_an_images_views_do_not_depend_on_the_worker_count(digits_root, recipe):
+    """Real FFCV loaders in the global-batch order, views keyed by image: one worker's batch is the
+    two workers' shares side by side, and each image's K views are bit-identical in either."""
+    from rrdist.train.loop import build_augment
+
+    manifest = load_manifest("digits", digits_root)
+    augment = build_augment(recipe.split("-")[0], manifest)
+    if recipe == "kview-tensor":
+        augment.fused_cpu = False  # the batched tensor path (a GPU's), here on the CPU
+    K, batch, seed = 3, 32, 4
+    path = split_path(manifest, "train")
+    views = {}
+    for workers in (1, 2):
+        for rank in range(workers):
+            loader = image_loader(path, batch, train=True, seed=seed, rank=rank, workers=workers, indices=True)
+            for epoch in range(2):
+                for step, (images, _, indices) in enumerate(first_batches(loader, 3)):
+                    assert len(indices) == batch // workers
+                    v = augment(images, K, ImageDraws(seed, epoch, indices)).reshape(K, len(indices), -1)
+                    for n, image in enumerate(indices.tolist()):
+                        views.setdefault((workers, epoch, image), []).append((step, rank, v[:, n].clone()))
+    one = {k[1:]: v for k, v in views.items() if k[0] == 1}
+    two = {k[1:]: v for k, v in views.items() if k[0] == 2}
+    assert one.keys() == two.keys() and len(one) == 2 * 3 * batch
+    for image, [(step, _, a)] in one.items():
+        [(step2, rank, b)] = two[image]
+        assert step2 == step and torch.equal(a, b), image
+    assert rank in (0, 1)
+    assert {r for v in two.values() for _, r, _ in v} == {0, 1}
+    epochs = {e: {i: v[0][2] for (e2, i), v in one.items() if e2 == e} for e in (0, 1)}
+    shared = set(epochs[0]) & set(epochs[1])
+    assert all(not torch.equal(epochs[0][i], epochs[1][i]) for i in shared)  # new views every epoch
+
+
+def test_global_batchnorm_shares_batchnorms_parameters_and_checkpoint_keys():
+    from rrdist.models import build_backbone
+
+    model = build_backbone("conv4")
+    params = {id(p) for p in model.parameters()}
+    keys = set(model.state_dict())
+    converted = convert_global_batchnorm(model)
+    assert converted is model and any(isinstance(m, GlobalBatchNorm) for m in model.modules())
+    assert not any(type(m) in (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d) for m in model.modules())
+    assert {id(p) for p in model.parameters()} == params  # the optimizer's parameters stay valid
+    assert set(model.state_dict()) == keys
+    x = torch.randn(6, 3, 32, 32)
+    plain = build_backbone("conv4")
+    plain.load_state_dict(model.state_dict())
+    assert torch.allclose(model(x), plain(x))  # one process: plain BatchNorm, training statistics
+    assert torch.allclose(model.eval()(x), plain.eval()(x))
+
+
+# --------------------------------------------------------------------------- one step, every method
+METHODS = {
+    "relational": dict(K=3),
+    "relational-max": dict(K=3, aggregation="max"),
+    "relational-dot": dict(K=3, head="dot"),
+    "relational-encoder_dot": dict(K=3, head="encoder_dot"),
+    "relational-semi": dict(K=3, label_fraction=0.5),
+    "simclr": dict(method="simclr"),
+    "rotation": dict(method="rotation"),
+    "supervised": dict(method="supervised"),
+    "deepcluster": dict(method="deepcluster"),
+    "infomax": dict(method="infomax"),
+}
+
+
+def one_step(name, root, rank, workers, model_wrapper=None):
+    """One training step of a method on its share of the first global batch, as the worker loop
+    makes it; returns this worker's loss share, the parameters' gradients and the online probe's
+    weights after its step.
+
+    In float64: the two sides compute the same sums in different groupings, and float32 rounding,
+    amplified by BatchNorm's backward on the blocky digits images, reaches 1e-3 in the first
+    layer's gradient; float64 shows whether the two computations are the same one."""
+    from rrdist.data.loader import image_loader
+    from rrdist.methods import build_method
+    from rrdist.train.loop import build_augment
+    from rrdist.train.probe import OnlineProbe
+
+    manifest = load_manifest("digits", root)
+    cfg = PretrainConfig(dataset="digits", batch_size=M, seed=0, **METHODS[name])
+    torch.manual_seed(0)
+    method = build_method(cfg, manifest["num_classes"]).double().to(memory_format=torch.channels_last)
+    if workers > 1:
+        convert_global_batchnorm(method)
+    if name == "deepcluster":  # fixed pseudo-labels by image (the clustering is rank 0's, broadcast)
+        method.pseudo_labels = torch.arange(manifest["splits"]["train"]["n"]) * 7 % method.clusters
+    probe = OnlineProbe(method.backbone, method.backbone.feature_size, 10, torch.device("cpu"))
+    model = model_wrapper(method) if model_wrapper else method
+    loader = image_loader(split_path(manifest, "train"), M, train=True, seed=0, rank=rank, workers=workers,
+                          indices=True)
+    images, labels, indices = first_batches(loader, 1)[0]
+    method.generator = torch.Generator().manual_seed(step_seed(0, 0, 0))
+    views = build_augment(method.augmentation, manifest)(images, method.views_per_image, ImageDraws(0, 0, indices))
+    views = views.double()
+    targets = method.targets(labels, indices) if method.needs_indices else labels
+    loss, metrics = model(views, targets)
+    loss.backward()
+    probe.step(labels)
+    grads = {n: p.grad.detach().clone() for n, p in method.named_parameters() if p.grad is not None}
+    return {"loss": float(loss), "acc": float(metrics["pair_acc"]), "grads": grads,
+            "probe": probe.classifier.weight.detach().clone()}
+
+
+def steps_on_workers(config):
+    import ray.train
+    import ray.train.torch
+
+    torch.set_num_threads(1)
+    rank = ray.train.get_context().get_world_rank()
+    results = {name: one_step(name, config["root"], rank, 2, ray.train.torch.prepare_model) for name in METHODS}
+    torch.save(results, Path(config["out"]) / f"rank{rank}.pt")
+    ray.train.report({})
+
+
+def fit(fn, config, workers=2):
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    TorchTrainer(fn, train_loop_config=config, scaling_config=ScalingConfig(num_workers=workers),
+                 run_config=RunConfig(storage_path=str(config["out"]), name="fit")).fit()
+
+
+def relative_difference(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).norm() / b.norm().clamp(min=1e-12))
+
+
+@pytest.mark.usefixtures("ray_session")
+def test_one_step_on_two_workers_equals_one_process_for_every_method(digits_root, tmp_path):
+    """DDP over 2 workers, each holding half the global batch, with global BatchNorm: the averaged
+    gradients are those of one process holding the whole batch, for every method; the workers'
+    mean loss is the whole batch's loss, and the online probe trains as on one process."""
+    fit(steps_on_workers, {"root": str(digits_root), "out": str(tmp_path)})
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
+    torch.set_num_threads(1)
+    for name in METHODS:
+        want = one_step(name, digits_root, 0, 1)
+        got = ranks[0][name]
+        loss = (ranks[0][name]["loss"] + ranks[1][name]["loss"]) / 2
+        assert abs(loss - want["loss"]) <= 1e-9 * abs(want["loss"]), name
+        assert abs((ranks[0][name]["acc"] + ranks[1][name]["acc"]) / 2 - want["acc"]) < 1e-6, name  # float32 counts
+        assert got["grads"].keys() == want["grads"].keys(), name
+        largest = max(float(g.norm()) for g in want["grads"].values())
+        moved = 0
+        for param, g in want["grads"].items():
+            # A conv bias followed by BatchNorm has a true gradient of zero: compared to the largest.
+            difference = float((got["grads"][param] - g).norm())
+            assert difference <= 1e-7 * float(g.norm()) + 1e-10 * largest, (name, param, difference)
+            assert torch.equal(got["grads"][param], ranks[1][name]["grads"][param])  # DDP: one gradient
+            moved += bool(g.abs().sum() > 0)
+        assert moved >= len(want["grads"]) // 2, name  # the step reaches the network
+        assert relative_difference(got["probe"], want["probe"]) < 1e-5, name
+        assert torch.equal(got["probe"], ranks[1][name]["probe"]), name
+
+
+# --------------------------------------------------------------------------- whole runs
+def global_trace(folder: Path, epoch: int, workers: int) -> tuple[list[float], list[dict]]:
+    """Per step: the global loss (the mean of the workers' shares) and each image's view sums."""
+    ranks = [json.loads((folder / f"epoch{epoch}-rank{r}.json").read_text()) for r in range(workers)]
+    losses = [sum(r[s]["loss"] for r in ranks) / workers for s in range(len(ranks[0]))]
+    views = [{i: v for r in ranks for i, v in zip(r[s]["images"], r[s]["views"])} for s in range(len(ranks[0]))]
+    orders = [sum((r[s]["images"] for r in ranks), []) for s in range(len(ranks[0]))]
+    return losses, views, orders
+
+
+@pytest.mark.usefixtures("ray_session")
+def test_one_and_two_workers_give_the_same_views_and_loss_trace_also_after_a_kill(digits_root, tmp_path,
+                                                                                 monkeypatch):
+    from rrdist.train.trainer import pretrain
+
+    def run(name, workers, **extra):
+        monkeypatch.setenv("RRDIST_TRACE", str(tmp_path / name / "trace"))
+        cfg = PretrainConfig(dataset="digits", root=str(digits_root), backbone="conv4", K=3, batch_size=32,
+                             epochs=2, workers=workers, checkpoint_every=1, out=str(tmp_path / name / "run"),
+                             **extra)
+        pretrain(cfg, log=lambda *a: None)
+        return tmp_path / name
+
+    one = run("one", 1)
+    two = run("two", 2)
+    monkeypatch.setenv("RRDIST_FAULT", "kill-worker:1:2:10")  # rank 1 dies at step 10 of epoch 2
+    killed = run("killed", 2, max_failures=2)
+    monkeypatch.delenv("RRDIST_FAULT")
+    assert (killed / "run" / ".fault-kill-worker").is_file()
+
+    for epoch in (1, 2):
+        loss1, views1, order1 = global_trace(one / "trace", epoch, 1)
+        loss2, views2, order2 = global_trace(two / "trace", epoch, 2)
+        assert len(loss1) == len(loss2) == 1437 // 32  # the same optimizer steps
+        assert order1 == order2  # the same images in every global batch, in the same order
+        assert views1 == views2  # every image's views, bit for bit
+        worst = max(abs(a - b) / abs(a) for a, b in zip(loss1, loss2))
+        assert worst < 1e-4, (epoch, worst)
+    loss_killed, views_killed, _ = global_trace(killed / "trace", 2, 2)
+    loss2, views2, _ = global_trace(two / "trace", 2, 2)
+    assert views_killed == views2  # the redone epoch saw the same views
+    assert max(abs(a - b) / abs(a) for a, b in zip(loss_killed, loss2)) < 1e-4
+    logged = [json.loads(line) for line in (one / "run" / "metrics.jsonl").read_text().splitlines()]
+    logged2 = [json.loads(line) for line in (two / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [m["steps"] for m in logged] == [m["steps"] for m in logged2] == [1437 // 32] * 2
+    assert all(abs(a["loss"] - b["loss"]) < 1e-4 * a["loss"] for a, b in zip(logged, logged2))
