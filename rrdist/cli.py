@@ -47,7 +47,7 @@ PRETRAIN_FLAGS = {  # config field -> (type, help); the flag is --field-with-das
     "loader_workers": (int, "FFCV decoding threads per worker"),
     "checkpoint_every": (int, "epochs between checkpoints (the last epoch always gets one)"),
     "max_failures": (int, "restarts of the worker group from the last checkpoint after a failure"),
-    "precision": (str, "fp32, or bf16 autocast of the forward pass"),
+    "precision": (str, "fp32; bf16 autocast of the forward pass; fp64 for numerical checks (slow)"),
     "out": (str, "run folder: a path (local or shared filesystem) or a bucket URI (s3://, gs://, ...)"),
 }
 

@@ -30,7 +30,7 @@ def parse_yaml(text: str, source: str | Path) -> Any:
         raise ConfigError(f"{source} is not valid YAML ({first_line(e)}): fix its syntax") from None
 
 
-PRECISIONS = ("fp32", "bf16")
+PRECISIONS = ("fp32", "bf16", "fp64")
 HEADS = ("relation", "dot", "encoder_dot")
 
 
@@ -60,7 +60,7 @@ class PretrainConfig:
     checkpoint_every: int = 10
     max_failures: int = 3  # worker-group restarts from the last checkpoint before giving up
     sync_bn: bool = True  # BatchNorm over the global batch, as on the paper's one GPU (False: per worker)
-    precision: str = "fp32"  # or bf16: autocast of the forward pass
+    precision: str = "fp32"  # or bf16: autocast of the forward pass; fp64: numerical checks (slow)
     compile: bool = False  # torch.compile the backbone (a one-off compile of 10-60 s per worker)
     online_probe: bool = False  # a linear classifier on detached features, trained alongside (probe_acc)
     out: str = "runs/run"

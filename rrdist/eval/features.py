@@ -54,9 +54,10 @@ def extract(backbone: torch.nn.Module, beton: Path, manifest: dict[str, Any], de
     prep = KViewAugment(manifest["image_size"], tuple(manifest["mean"]), tuple(manifest["std"]))
     loader = image_loader(beton, batch_size, train=False, num_workers=1, device=device, drop_last=False)
     backbone = backbone.to(device).eval()
+    dtype = next(backbone.parameters()).dtype  # float64 in a --precision fp64 pretraining
     feats, labels = [], []
     for images, y in loader:
-        feats.append(backbone(prep.plain(images.to(device))).float().cpu())
+        feats.append(backbone(prep.plain(images.to(device)).to(dtype)).float().cpu())
         labels.append(y.cpu())
     return torch.cat(feats), torch.cat(labels)
 

@@ -88,6 +88,8 @@ def train_epoch(model: torch.nn.Module, loader, augment, optimizer: torch.optim.
         if targets is not None:
             labels = targets(labels, indices.to(device, non_blocking=True))
         views = augment(images, K, ImageDraws(seed, epoch, indices))
+        if precision == "fp64":
+            views = views.double()
         with autocast:
             loss, metrics = model(views, labels)
         if fault == "nan-loss":  # test hook: what a diverged run looks like
@@ -134,6 +136,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank
     method = build_method(cfg, data["num_classes"])
     method = method.to(memory_format=torch.channels_last)  # the views come channels-last too
+    if cfg.precision == "fp64":  # float64 throughout: what two data-parallel layouts compute, without rounding noise
+        method = method.double()
     if cfg.sync_bn and world > 1:  # BatchNorm over the global batch, as one process would compute it
         convert_global_batchnorm(method)  # in place: parameters, buffers and checkpoint keys unchanged
     optimizer = method.configure_optimizer()
