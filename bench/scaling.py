@@ -1,10 +1,12 @@
 """Data-parallel scaling on one machine: views/s and step time with 1 and 2 Ray Train workers.
 
 Each setting is a real `rrdist pretrain` (Ray Train, DDP over gloo on CPU) on a CIFAR-10 subset
-(an image folder of the first --per-class training images of each class), M images per worker
-and step, for --epochs epochs; the figures are those of the last epoch (the first one carries
-FFCV's and the kernel's JIT). The cores are split evenly between the workers, so the comparison
-shows what the all-reduce and the split cost, with the same total compute. Run:
+(an image folder of the first --per-class training images of each class), M images per optimizer
+step over all workers (the same experiment on 1 and 2 workers), for --epochs epochs; the figures
+are those of the last epoch (the first one carries FFCV's and the kernel's JIT). The cores are split
+evenly between the workers, so the comparison shows what the split, the feature gather, the
+gradient all-reduce and global BatchNorm cost, with the same total compute; 2 workers run with
+global BatchNorm (the default) and with --no-sync-bn, to show its price. Run:
 
     python bench/scaling.py --root DATA [--K 4 32] [--per-class 500] [--epochs 2]
 
@@ -35,18 +37,16 @@ def subset(tree: Path, dest: Path, per_class: int) -> Path:
     return dest
 
 
-def run(root: Path, out: Path, K: int, workers: int, cores: int, epochs: int, M: int) -> dict:
+def run(root: Path, out: Path, K: int, workers: int, cores: int, epochs: int, M: int, sync_bn: bool = True) -> dict:
     cmd = [sys.executable, "-m", "rrdist", "pretrain", "--dataset", "imagefolder", "--root", str(root),
            "--backbone", "conv4", "--K", str(K), "--batch-size", str(M), "--epochs", str(epochs),
            "--workers", str(workers), "--cpus-per-worker", str(cores // workers), "--loader-workers", "1",
-           "--checkpoint-every", str(epochs), "--out", str(out)]
+           "--checkpoint-every", str(epochs), "--out", str(out), "--sync-bn" if sync_bn else "--no-sync-bn"]
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
     last = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
-    return {"K": K, "workers": workers, "cpus_per_worker": cores // workers, "M_per_worker": M,
+    return {"K": K, "workers": workers, "cpus_per_worker": cores // workers, "M": M, "sync_bn": sync_bn,
             "views_per_s": round(last["views_per_s"]),
-            # metrics.jsonl sums steps over the workers; each worker ran steps / workers of them
-            "step_s": round(last["epoch_time_s"] / (last["steps"] / workers), 4),
-            "steps_per_worker": last["steps"] // workers}
+            "step_s": round(last["epoch_time_s"] / last["steps"], 4), "steps": last["steps"]}
 
 
 def main() -> None:
@@ -66,11 +66,13 @@ def main() -> None:
         subprocess.run([sys.executable, "-m", "rrdist", "data", "prepare", "imagefolder", "--root", str(data)],
                        check=True, stdout=subprocess.DEVNULL)
         for K in args.K:
-            for workers in (1, 2):
-                row = run(data, Path(scratch) / f"run-k{K}-w{workers}", K, workers, args.cores, args.epochs, args.M)
+            for workers, sync_bn in ((1, True), (2, True), (2, False)):
+                row = run(data, Path(scratch) / f"run-k{K}-w{workers}-{sync_bn}", K, workers, args.cores, args.epochs,
+                          args.M, sync_bn)
                 rows.append(row)
-                print(f"K={K:3d} workers={workers} x {row['cpus_per_worker']} CPU: {row['views_per_s']:8d} views/s, "
-                      f"{row['step_s'] * 1000:7.1f} ms/step (M={args.M} per worker)")
+                bn = "global BN" if sync_bn or workers == 1 else "per-worker BN"
+                print(f"K={K:3d} workers={workers} x {row['cpus_per_worker']} CPU, {bn:13s}: {row['views_per_s']:8d} "
+                      f"views/s, {row['step_s'] * 1000:7.1f} ms/step, {row['steps']} steps/epoch (M={args.M})")
     record = {"benchmark": "scaling", "date": str(date.today()), "machine": platform.processor() or platform.machine(),
               "cores": args.cores, "device": "cpu", "images": 10 * args.per_class, "rows": rows}
     if args.json:

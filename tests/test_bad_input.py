@@ -26,6 +26,8 @@ def run_cli(capsys, *argv):
     (["--aggregation", "prod"], "unknown aggregation 'prod'"),
     (["--method", "byol"], "unknown method 'byol'"),
     (["--epochs", "0"], "epochs must be at least 1"),
+    (["--batch-size", "64", "--workers", "3"], "cannot be split evenly over 3 workers: use --workers 1, 2, 4, 8"),
+    (["--batch-size", "4", "--workers", "4", "--no-sync-bn"], "BatchNorm per worker (--no-sync-bn) needs 2"),
 ])
 def test_bad_pretrain_settings(capsys, tmp_path, flags, message):
     code, err = run_cli(capsys, "pretrain", "--dataset", "digits", "--root", str(tmp_path), "--out",

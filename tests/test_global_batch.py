@@ -179,7 +179,8 @@ def one_step(name, root, rank, workers, model_wrapper=None):
     probe.step(labels)
     grads = {n: p.grad.detach().clone() for n, p in method.named_parameters() if p.grad is not None}
     return {"loss": float(loss), "acc": float(metrics["pair_acc"]), "grads": grads,
-            "probe": probe.classifier.weight.detach().clone()}
+            "probe": probe.classifier.weight.detach().clone(),
+            "buffers": {n: b.detach().clone() for n, b in method.named_buffers()}}
 
 
 def steps_on_workers(config):
@@ -230,6 +231,8 @@ def test_one_step_on_two_workers_equals_one_process_for_every_method(digits_root
             moved += bool(g.abs().sum() > 0)
         assert moved >= len(want["grads"]) // 2, name  # the step reaches the network
         assert relative_difference(got["probe"], want["probe"]) < 1e-5, name
+        for buffer, b in want["buffers"].items():  # BatchNorm's running statistics: the global batch's
+            assert torch.allclose(got["buffers"][buffer], b, rtol=1e-9, atol=1e-12), (name, buffer)
         assert torch.equal(got["probe"], ranks[1][name]["probe"]), name
 
 
@@ -285,3 +288,30 @@ def test_one_and_two_workers_give_the_same_views_and_loss_trace_also_after_a_kil
     logged2 = [json.loads(line) for line in (two / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [m["steps"] for m in logged] == [m["steps"] for m in logged2] == [1437 // 32] * 2
     assert all(abs(a["loss"] - b["loss"]) < 1e-4 * a["loss"] for a, b in zip(logged, logged2))
+
+
+def test_keyed_view_parameters_have_the_generators_distributions():
+    """The views keyed by image are drawn from the same distributions as those of a generator:
+    two-sample Kolmogorov-Smirnov distance of every parameter over 20,000 views, and the rates."""
+    from rrdist.data.augment import KViewAugment
+
+    aug = KViewAugment(32, (0.5,) * 3, (0.25,) * 3)
+    n_images, K = 5000, 4
+    keyed = aug.params(ImageDraws(0, 0, torch.arange(n_images)).view_uniforms(K, 33), 32, 32)
+    drawn = aug.sample(n_images * K, 32, 32, torch.Generator().manual_seed(0), torch.device("cpu"))
+
+    def ks(a: torch.Tensor, b: torch.Tensor) -> float:
+        grid = torch.cat([a, b]).unique()
+        cdf = lambda x: torch.searchsorted(x.sort().values.contiguous(), grid, right=True) / len(x)  # noqa: E731
+        return float((cdf(a.double()) - cdf(b.double())).abs().max())
+
+    for field in ("top", "left", "height", "width"):
+        assert ks(getattr(keyed, field), getattr(drawn, field)) < 0.02, field
+    for column in range(4):
+        assert ks(keyed.factors[:, column], drawn.factors[:, column]) < 0.02, column
+        assert abs(float((keyed.order[:, 0] == column).double().mean()) - 0.25) < 0.015
+    for field, p in (("flip", 0.5), ("jitter", 0.8), ("gray", 0.2)):
+        assert abs(float(getattr(keyed, field).double().mean()) - p) < 0.01, field
+    # the K views of one image are independent draws: crop sizes of view 0 and view 1 uncorrelated
+    area = (keyed.height * keyed.width).reshape(K, n_images)
+    assert abs(float(torch.corrcoef(area[:2].double())[0, 1])) < 0.04
