@@ -20,14 +20,53 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def packaged(directory: Path, tmp_path: Path) -> set[str]:
+    """The files of the working directory `rrdist submit` ships, zipped by Ray's own packaging code."""
+    from zipfile import ZipFile
+
+    from ray._private.runtime_env.packaging import _zip_files
+
+    from rrdist.jobs import EXCLUDES
+
+    out = tmp_path / "package.zip"
+    _zip_files(str(directory), EXCLUDES, str(out), include_gitignore=True)  # as JobSubmissionClient does
+    with ZipFile(out) as z:
+        return {n for n in z.namelist() if not n.endswith("/")}
+
+
+def test_the_shipped_working_directory_holds_every_file_of_the_package(tmp_path):
+    listed = subprocess.run(["git", "ls-files", "rrdist"], cwd=REPO, capture_output=True, text=True)
+    files = set(listed.stdout.split()) if listed.returncode == 0 and listed.stdout.strip() else \
+        {str(p.relative_to(REPO)) for p in (REPO / "rrdist").rglob("*.py")}
+    assert "rrdist/data/staging.py" in files and "rrdist/train/loop.py" in files
+    missing = sorted(files - packaged(REPO, tmp_path))
+    assert missing == [], f"not shipped with a submitted job: {missing}"
+
+
+def test_excludes_drop_top_level_folders_only(tmp_path):
+    tree = tmp_path / "checkout"
+    for name in ["rrdist/__init__.py", "rrdist/data/loader.py", "rrdist/runs/x.py", "data/ffcv/a.beton",
+                 "data/raw.bin", "runs/r/backbone.pt", ".venv/bin/python", ".git/HEAD", "bench/_work/w.txt",
+                 "bench/run.py", "rrdist/__pycache__/x.pyc", "tests/data/sample.txt"]:
+        (tree / name).parent.mkdir(parents=True, exist_ok=True)
+        (tree / name).write_text("x")
+    shipped = packaged(tree, tmp_path)
+    assert shipped == {"rrdist/__init__.py", "rrdist/data/loader.py", "rrdist/runs/x.py", "bench/run.py",
+                       "tests/data/sample.txt"}
+
+
 @pytest.fixture
-def head():
+def head(tmp_path):
     ray_dir = tempfile.mkdtemp(prefix="rr-", dir="/tmp")  # Ray's socket paths must stay short
     env = {**os.environ, "RRDIST_RAY_DIR": ray_dir, "RRDIST_RAY_PORT": str(free_port()),
-           "RRDIST_DASHBOARD_PORT": str(free_port()), "RRDIST_AGENT_PORT": str(free_port()), "RRDIST_RAY_CPUS": "2"}
+           "RRDIST_DASHBOARD_PORT": str(free_port()), "RRDIST_AGENT_PORT": str(free_port()),
+           "RRDIST_CLIENT_PORT": str(free_port()), "RRDIST_RAY_CPUS": "2",
+           "RAY_AUTH_TOKEN_PATH": str(tmp_path / "auth_token")}  # local.sh makes it; rrdist submit reads it
+    env.pop("RAY_AUTH_TOKEN", None)
     started = subprocess.run(["bash", "cluster/local.sh", "start"], cwd=REPO, env=env, capture_output=True,
                              text=True, timeout=180)
     assert started.returncode == 0, started.stderr[-2000:]
+    assert (tmp_path / "auth_token").stat().st_mode & 0o077 == 0  # the token is readable by its owner only
     try:
         yield f"http://127.0.0.1:{env['RRDIST_DASHBOARD_PORT']}", env
     finally:
@@ -35,6 +74,25 @@ def head():
         left = subprocess.run(["pgrep", "-f", "--", env["RRDIST_RAY_DIR"]], capture_output=True, text=True)
         shutil.rmtree(ray_dir, ignore_errors=True)
         assert left.stdout.strip() == "", "local.sh stop left processes behind"
+
+
+def test_local_sh_refuses_a_taken_port(tmp_path):
+    ray_dir = tempfile.mkdtemp(prefix="rr-", dir="/tmp")
+    env = {**os.environ, "RRDIST_RAY_DIR": ray_dir, "RRDIST_RAY_PORT": str(free_port()),
+           "RRDIST_AGENT_PORT": str(free_port()), "RRDIST_CLIENT_PORT": str(free_port()),
+           "RAY_AUTH_TOKEN_PATH": str(tmp_path / "auth_token")}
+    with socket.socket() as taken:  # another service (or another Ray's dashboard) on the port
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        env["RRDIST_DASHBOARD_PORT"] = str(taken.getsockname()[1])
+        out = subprocess.run(["bash", "cluster/local.sh", "start"], cwd=REPO, env=env, capture_output=True,
+                             text=True, timeout=120)
+    left = subprocess.run(["pgrep", "-f", "--", ray_dir], capture_output=True, text=True).stdout.strip()
+    shutil.rmtree(ray_dir, ignore_errors=True)
+    assert out.returncode == 1 and out.stdout == "", out.stdout + out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1
+    assert f"port {env['RRDIST_DASHBOARD_PORT']} (RRDIST_DASHBOARD_PORT) already in use" in out.stderr
+    assert left == "" and not (tmp_path / "auth_token").exists()  # nothing was started
 
 
 def rrdist(*args, env=None, timeout=300):
