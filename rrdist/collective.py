@@ -40,22 +40,6 @@ class _Gather(torch.autograd.Function):
         return grad[ctx.rows[0]:ctx.rows[1]]
 
 
-class _AllReduceSum(torch.autograd.Function):
-    """The sum over workers; its gradient is the sum over workers of the output's gradient."""
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
-        x = x.contiguous().clone()
-        dist.all_reduce(x)
-        return x
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
-        grad = grad.contiguous().clone()
-        dist.all_reduce(grad)
-        return grad
-
-
 def gather(x: torch.Tensor) -> torch.Tensor:
     """Every worker's rows of x, in rank order; differentiable: each worker receives the gradient
     of every loss term, on any worker, that used its rows."""
@@ -90,17 +74,12 @@ def own_images(M: int) -> tuple[int, int]:
     return rank * m, (rank + 1) * m
 
 
-def _all_reduce_sum(x: torch.Tensor) -> torch.Tensor:
-    return _AllReduceSum.apply(x)
-
-
 class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
     """BatchNorm whose training statistics are those of the global batch over all workers.
 
-    torch's SyncBatchNorm accepts CUDA tensors only; this one is written with all-reduces that gloo
-    (CPU) and NCCL (GPU) both run, and autograd differentiates through them, so the backward pass
-    also sees the global batch. Two passes (mean, then the squared deviations) keep the variance as
-    accurate as a single process's. Parameters, buffers and state-dict keys are BatchNorm's: a saved
+    torch's SyncBatchNorm accepts CUDA tensors only; this one is written with a gather that gloo
+    (CPU) and NCCL (GPU) both run, and autograd differentiates through it, so the backward pass
+    also sees the global batch. Parameters, buffers and state-dict keys are BatchNorm's: a saved
     model loads into plain BatchNorm. Outside a process group, and in eval mode, it is plain BatchNorm.
     """
 
@@ -116,14 +95,18 @@ class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
         dims = [0, *range(2, x.dim())]
         shape = [1, -1] + [1] * (x.dim() - 2)
         xf = x.to(torch.promote_types(x.dtype, torch.float32))  # statistics in float32 at least
-        # Workers may hold different numbers of rows (a relation head's pairs): the count is summed
-        # with the first statistic, on the device, so nothing waits for it on the host.
-        local_count = torch.full((1,), x.numel() / x.shape[1], dtype=xf.dtype, device=x.device)
-        sums = _all_reduce_sum(torch.cat([xf.sum(dims), local_count]))
-        total = sums[-1]
-        mean = sums[:-1] / total
-        centred = xf - mean.view(shape)
-        var = _all_reduce_sum(centred.square().sum(dims)) / total
+        c = x.shape[1]
+        # One collective each way: every worker's (mean, sum of squared deviations, count), combined
+        # by the parallel-variance formula (Chan et al.), as accurate as two passes over the global
+        # batch. Workers may hold different numbers of rows (a relation head's pairs); the counts
+        # travel on the device, so nothing waits for the host.
+        local_var, local_mean = torch.var_mean(xf, dim=dims, correction=0)
+        count = torch.full((1,), x.numel() / c, dtype=xf.dtype, device=x.device)
+        stats = gather(torch.cat([local_mean, local_var * count, count])[None])  # [workers, 2C + 1]
+        counts = stats[:, -1:]
+        total = counts.sum()
+        mean = (stats[:, :c] * counts).sum(0) / total
+        var = (stats[:, c:2 * c].sum(0) + (counts * (stats[:, :c] - mean).square()).sum(0)) / total
         if self.track_running_stats:
             with torch.no_grad():
                 self.num_batches_tracked.add_(1)
@@ -131,7 +114,7 @@ class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
                 unbiased = var * total / (total - 1.0).clamp(min=1.0)
                 self.running_mean.lerp_(mean.to(self.running_mean.dtype), momentum)
                 self.running_var.lerp_(unbiased.to(self.running_var.dtype), momentum)
-        y = centred * torch.rsqrt(var + self.eps).view(shape)
+        y = (xf - mean.view(shape)) * torch.rsqrt(var + self.eps).view(shape)
         if self.affine:
             y = y * self.weight.view(shape) + self.bias.view(shape)
         return y.to(x.dtype)

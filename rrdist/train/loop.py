@@ -149,7 +149,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         start_epoch = int(state["epoch"])
     if cfg.compile:
         method.backbone.compile()  # in place: parameter names (and checkpoints) stay as they are
-    model = ray.train.torch.prepare_model(method) if world > 1 or cfg.use_gpu else method
+    # Global BatchNorm keeps every worker's running statistics equal: no need for DDP to broadcast them.
+    ddp = {"broadcast_buffers": False} if cfg.sync_bn else {}
+    model = ray.train.torch.prepare_model(method, parallel_strategy_kwargs=ddp) if world > 1 or cfg.use_gpu else method
     optimizer_to(optimizer, device)
 
     if data.get("uri"):  # every node copies the shared data to its local disk once
