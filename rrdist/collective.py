@@ -74,13 +74,70 @@ def own_images(M: int) -> tuple[int, int]:
     return rank * m, (rank + 1) * m
 
 
+class _GlobalBatchNormFn(torch.autograd.Function):
+    """Training-mode BatchNorm with the global batch's statistics, forward and backward.
+
+    Forward: each worker's mean and squared deviations (two passes, local), one all-gather, the
+    parallel-variance combination (Chan et al.), then torch's fused kernel normalises with the
+    global statistics. Backward: torch's fused kernel gives g·w/σ and this worker's sums of g and
+    g·x̂; one all-reduce makes them global, and dL/dx = w/σ (g - mean(g) - x̂ mean(g·x̂)) over the
+    global batch. Workers may hold different numbers of rows (a relation head's pairs).
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, module):
+        dims = [0, *range(2, x.dim())]
+        xf = x.to(torch.promote_types(x.dtype, torch.float32))  # statistics in float32 at least
+        c = x.shape[1]
+        local_var, local_mean = torch.var_mean(xf, dim=dims, correction=0)
+        count = torch.full((1,), x.numel() / c, dtype=xf.dtype, device=x.device)
+        stats = gather_detached(torch.cat([local_mean, local_var * count, count])[None])  # [workers, 2C + 1]
+        counts = stats[:, -1:]
+        total = counts.sum()
+        mean = (stats[:, :c] * counts).sum(0) / total
+        var = (stats[:, c:2 * c].sum(0) + (counts * (stats[:, :c] - mean).square()).sum(0)) / total
+        if module.track_running_stats:
+            module.num_batches_tracked.add_(1)
+            momentum = module.momentum if module.momentum is not None else 1.0 / float(module.num_batches_tracked)
+            module.running_mean.lerp_(mean.to(module.running_mean.dtype), momentum)
+            module.running_var.lerp_((var * total / (total - 1.0).clamp(min=1.0)).to(module.running_var.dtype),
+                                     momentum)
+        w = weight.to(xf.dtype) if weight is not None else None
+        b = bias.to(xf.dtype) if bias is not None else None
+        y = torch.nn.functional.batch_norm(xf, mean, var, w, b, training=False, eps=module.eps)
+        ctx.save_for_backward(xf, w, mean, var, total)
+        ctx.eps, ctx.dtype = module.eps, x.dtype
+        return y.to(x.dtype)
+
+    @staticmethod
+    def backward(ctx, grad):
+        xf, w, mean, var, total = ctx.saved_tensors
+        g = grad.to(xf.dtype)
+        c = xf.shape[1]
+        shape = [1, -1] + [1] * (xf.dim() - 2)
+        invstd = torch.rsqrt(var + ctx.eps)
+        ones = torch.ones(c, dtype=xf.dtype, device=xf.device)
+        # Eval-mode backward with the global statistics: g·w/σ, and this worker's Σ g·x̂ and Σ g.
+        scaled, sum_gx, sum_g = torch.ops.aten.native_batch_norm_backward(
+            g, xf, w if w is not None else ones, mean, var, None, None, False, ctx.eps, [True, True, True])
+        sums = torch.cat([sum_g, sum_gx])
+        _, n = world()
+        if n > 1:
+            dist.all_reduce(sums)
+        mean_g, mean_gx = sums[:c] / total, sums[c:] / total
+        scale = invstd * (w if w is not None else 1.0)
+        grad_x = scaled - (scale * mean_g).view(shape) - (xf - mean.view(shape)) * (scale * invstd * mean_gx).view(shape)
+        affine = w is not None
+        return grad_x.to(ctx.dtype), sum_gx if affine else None, sum_g if affine else None, None
+
+
 class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
     """BatchNorm whose training statistics are those of the global batch over all workers.
 
-    torch's SyncBatchNorm accepts CUDA tensors only; this one is written with a gather that gloo
-    (CPU) and NCCL (GPU) both run, and autograd differentiates through it, so the backward pass
-    also sees the global batch. Parameters, buffers and state-dict keys are BatchNorm's: a saved
-    model loads into plain BatchNorm. Outside a process group, and in eval mode, it is plain BatchNorm.
+    torch's SyncBatchNorm accepts CUDA tensors only; this one uses collectives that gloo (CPU) and
+    NCCL (GPU) both run, one each way per layer (`_GlobalBatchNormFn`), so the backward pass also
+    sees the global batch. Parameters, buffers and state-dict keys are BatchNorm's: a saved model
+    loads into plain BatchNorm. Outside a process group, and in eval mode, it is plain BatchNorm.
     """
 
     def _check_input_dim(self, x: torch.Tensor) -> None:
@@ -88,36 +145,10 @@ class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
             raise ValueError(f"expected at least 2D input (got {x.dim()}D input)")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        _, n = world()
-        if n == 1 or not self.training:
+        if world()[1] == 1 or not self.training:
             return super().forward(x)
         self._check_input_dim(x)
-        dims = [0, *range(2, x.dim())]
-        shape = [1, -1] + [1] * (x.dim() - 2)
-        xf = x.to(torch.promote_types(x.dtype, torch.float32))  # statistics in float32 at least
-        c = x.shape[1]
-        # One collective each way: every worker's (mean, sum of squared deviations, count), combined
-        # by the parallel-variance formula (Chan et al.), as accurate as two passes over the global
-        # batch. Workers may hold different numbers of rows (a relation head's pairs); the counts
-        # travel on the device, so nothing waits for the host.
-        local_var, local_mean = torch.var_mean(xf, dim=dims, correction=0)
-        count = torch.full((1,), x.numel() / c, dtype=xf.dtype, device=x.device)
-        stats = gather(torch.cat([local_mean, local_var * count, count])[None])  # [workers, 2C + 1]
-        counts = stats[:, -1:]
-        total = counts.sum()
-        mean = (stats[:, :c] * counts).sum(0) / total
-        var = (stats[:, c:2 * c].sum(0) + (counts * (stats[:, :c] - mean).square()).sum(0)) / total
-        if self.track_running_stats:
-            with torch.no_grad():
-                self.num_batches_tracked.add_(1)
-                momentum = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
-                unbiased = var * total / (total - 1.0).clamp(min=1.0)
-                self.running_mean.lerp_(mean.to(self.running_mean.dtype), momentum)
-                self.running_var.lerp_(unbiased.to(self.running_var.dtype), momentum)
-        y = (xf - mean.view(shape)) * torch.rsqrt(var + self.eps).view(shape)
-        if self.affine:
-            y = y * self.weight.view(shape) + self.bias.view(shape)
-        return y.to(x.dtype)
+        return _GlobalBatchNormFn.apply(x, self.weight, self.bias, self)
 
 
 def convert_global_batchnorm(module: nn.Module) -> nn.Module:

@@ -315,3 +315,29 @@ def test_keyed_view_parameters_have_the_generators_distributions():
     # the K views of one image are independent draws: crop sizes of view 0 and view 1 uncorrelated
     area = (keyed.height * keyed.width).reshape(K, n_images)
     assert abs(float(torch.corrcoef(area[:2].double())[0, 1])) < 0.04
+
+
+@pytest.mark.parametrize("shape", [(6, 4, 5, 5), (7, 3)])
+def test_global_batchnorm_function_is_batchnorm_on_one_process(shape):
+    """The hand-written forward and backward (fused kernels, global sums) against torch's BatchNorm
+    and autograd, in float64: outputs, input and parameter gradients, running statistics."""
+    from rrdist.collective import _GlobalBatchNormFn
+
+    torch.manual_seed(0)
+    x = torch.randn(*shape, dtype=torch.float64, requires_grad=True)
+    mine = GlobalBatchNorm(shape[1]).double()
+    with torch.no_grad():
+        mine.weight.uniform_(0.5, 2.0)
+        mine.bias.uniform_(-1.0, 1.0)
+    reference = (torch.nn.BatchNorm1d if len(shape) == 2 else torch.nn.BatchNorm2d)(shape[1]).double()
+    reference.load_state_dict(mine.state_dict())
+    weights = torch.randn(*shape, dtype=torch.float64)  # a loss that weighs every output differently
+    y = _GlobalBatchNormFn.apply(x, mine.weight, mine.bias, mine)
+    y_reference = reference(x)
+    got = torch.autograd.grad((y * weights).sum(), [x, mine.weight, mine.bias])
+    want = torch.autograd.grad((y_reference * weights).sum(), [x, reference.weight, reference.bias])
+    assert torch.allclose(y, y_reference.detach(), atol=1e-12)
+    for a, b in zip(got, want):
+        assert torch.allclose(a, b, atol=1e-12)
+    assert torch.allclose(mine.running_mean, reference.running_mean, atol=1e-12)
+    assert torch.allclose(mine.running_var, reference.running_var, atol=1e-12)
