@@ -150,7 +150,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     if cfg.compile:
         method.backbone.compile()  # in place: parameter names (and checkpoints) stay as they are
     # Global BatchNorm keeps every worker's running statistics equal: no need for DDP to broadcast them.
-    ddp = {"broadcast_buffers": False} if cfg.sync_bn else {}
+    ddp = {no_buffer_broadcast(): False} if cfg.sync_bn else {}
     model = ray.train.torch.prepare_model(method, parallel_strategy_kwargs=ddp) if world > 1 or cfg.use_gpu else method
     optimizer_to(optimizer, device)
 
@@ -243,6 +243,16 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         save_backbone(run_dir, method.backbone, cfg.to_dict(), max(cfg.epochs, start_epoch) if method.trainable else 0)
         writer.close()
         run.push(BACKBONE_FILE, "tb")
+
+
+def no_buffer_broadcast() -> str:
+    """DDP's option that stops the per-step broadcast of rank 0's buffers (renamed in torch 2.15)."""
+    import inspect
+
+    from torch.nn.parallel import DistributedDataParallel
+
+    names = inspect.signature(DistributedDataParallel.__init__).parameters
+    return "forward_sync_buffers" if "forward_sync_buffers" in names else "broadcast_buffers"
 
 
 def optimizer_to(optimizer: torch.optim.Optimizer, device: torch.device) -> None:
