@@ -53,7 +53,7 @@ def check_pairs(backbone_name: str, K: int, M: int) -> dict:
     cfg = PretrainConfig(backbone=backbone_name, K=K, batch_size=M)
     method = build_method(cfg)
     z = torch.randn(K * M, method.backbone.feature_size)
-    logits, targets = method.relation_logits(z, M, K)
+    logits, targets, _ = method.relation_logits(z, M, K)
     ref = ReferenceRelationalReasoning(build_backbone(backbone_name), method.backbone.feature_size)
     pairs, ref_targets = ref.aggregate(z, K)
     row = {"pairs": len(targets), "reference_pairs": len(ref_targets), "positive_share": float(targets.mean()),

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from rrdist.data.keyed import ImageDraws
+from rrdist.data.keyed import ImageDraws, draw_uniforms
 
 GRAY_WEIGHTS = (0.2989, 0.587, 0.114)  # torchvision's rgb_to_grayscale
 TRIES = 10  # torchvision's random-resized-crop tries before it falls back to the centre
@@ -228,7 +228,7 @@ class KViewAugment:
         operations; both apply the same sampled parameters with the same formulas.
         """
         M, H, W, _ = images.shape
-        p = self.params(view_uniforms(source, K, M, UNIFORMS, images.device), H, W)
+        p = self.params(draw_uniforms(source, K, M, UNIFORMS, images.device), H, W)
         if images.device.type == "cpu" and self.fused_cpu:
             return self.apply_fused(images, p)
         return self.apply(images, p, K)
@@ -264,14 +264,6 @@ class KViewAugment:
             x = F.interpolate(x, size=(self.out_size, self.out_size), mode="bilinear", align_corners=False,
                               antialias=True)
         return self.normalize(x)
-
-
-def view_uniforms(source: torch.Generator | ImageDraws, K: int, M: int, columns: int,
-                  device: torch.device) -> torch.Tensor:
-    """[K * M, columns] uniforms of a batch's views, view-major: keyed by image, or from a generator."""
-    if isinstance(source, ImageDraws):
-        return source.view_uniforms(K, columns).to(device)
-    return torch.rand(K * M, columns, generator=source, device=device)
 
 
 def view_generator(seed: int, device: torch.device) -> torch.Generator:

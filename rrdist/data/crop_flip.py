@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from rrdist.data.keyed import ImageDraws
+from rrdist.data.keyed import ImageDraws, draw_uniforms
 
 UNIFORMS = 3  # per view: top, left, flip
 
@@ -57,7 +57,5 @@ class CropFlip:
         return ((views - mean) / std).permute(0, 3, 1, 2)
 
     def __call__(self, images: torch.Tensor, K: int, source: torch.Generator | ImageDraws) -> torch.Tensor:
-        from rrdist.data.augment import view_uniforms
-
-        u = view_uniforms(source, K, images.shape[0], UNIFORMS, images.device)
+        u = draw_uniforms(source, K, images.shape[0], UNIFORMS, images.device)
         return self.apply(images, self.params(u))

@@ -68,6 +68,14 @@ class ImageDraws:
         return uniform(key(self.seed, self.epoch, stream), items, columns)
 
 
+def draw_uniforms(source: torch.Generator | ImageDraws, K: int, M: int, columns: int,
+                  device: torch.device) -> torch.Tensor:
+    """[K * M, columns] uniforms of a batch's views, view-major: keyed by image, or from a generator."""
+    if isinstance(source, ImageDraws):
+        return source.view_uniforms(K, columns).to(device)
+    return torch.rand(K * M, columns, generator=source, device=device)
+
+
 def step_seed(seed: int, epoch: int, step: int) -> int:
     """The seed of the draws every worker shares in one step (negatives, priors): the same on every
     rank, so each computes the pairs one process would."""
