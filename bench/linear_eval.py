@@ -29,13 +29,13 @@ import torch
 import torchvision.transforms as T
 from PIL import Image
 
-from rrdist.config import PretrainConfig
+from rrdist.methods import make_config
 from rrdist.data.beton import ensure_prepared
 from rrdist.data.datasets import get_spec
 from rrdist.eval.features import load_backbone
 from rrdist.eval.linear import LinearSettings, evaluate_linear
 from rrdist.models import build_backbone
-from rrdist.train.checkpoint import BACKBONE_FILE, save_backbone
+from rrdist.models.backbone_file import BACKBONE_FILE, save_backbone
 from reference import CIFAR_MEAN, CIFAR_STD, reference_linear_eval
 
 
@@ -59,7 +59,7 @@ def bench_run_folder(run: str | None, root: str, scratch: Path) -> Path:
         shutil.copy(Path(run) / "config.yaml", folder / "config.yaml")
         shutil.copy(Path(run) / BACKBONE_FILE, folder / BACKBONE_FILE)
     else:
-        cfg = PretrainConfig(dataset="cifar10", root=str(root), backbone="conv4", out=str(folder))
+        cfg = make_config(dataset="cifar10", root=str(root), backbone="conv4", out=str(folder))
         (folder / "config.yaml").write_text(cfg.to_yaml())
         torch.manual_seed(cfg.seed)
         save_backbone(folder, build_backbone("conv4"), cfg.to_dict(), 0)

@@ -31,13 +31,13 @@ from pathlib import Path
 
 import torch
 
-from rrdist.config import PretrainConfig
 from rrdist.data.augment import KViewAugment
 from rrdist.data.beton import ensure_prepared, split_path
 from rrdist.data.datasets import get_spec
-from rrdist.methods import build_method
+from rrdist.methods import build_method, make_config
 from rrdist.models import build_backbone
-from rrdist.train.loop import STEPS, set_kernel_threads, train_epoch
+from rrdist.train.batches import ViewBatches, set_kernel_threads
+from rrdist.train.step import EpochSums, TrainStep, train_epoch
 from reference import CIFAR_MEAN, CIFAR_STD, ReferenceRelationalReasoning, reference_loader
 
 WARMUP = 2
@@ -50,7 +50,7 @@ def steps_for(seconds_per_step: float, budget: float) -> int:
 def check_pairs(backbone_name: str, K: int, M: int) -> dict:
     """Both pair builders on the same random features: pair count and positive share."""
     torch.manual_seed(0)
-    cfg = PretrainConfig(backbone=backbone_name, K=K, batch_size=M)
+    cfg = make_config(backbone=backbone_name, K=K, batch_size=M)
     method = build_method(cfg)
     z = torch.randn(K * M, method.backbone.feature_size)
     logits, targets, _ = method.relation_logits(z, M, K)
@@ -88,29 +88,31 @@ def bench_rrdist(beton: Path, backbone_name: str, K: int, M: int, cores: int, bu
     torch.set_num_threads(cores)
     set_kernel_threads(cores)
     torch.manual_seed(0)
-    cfg = PretrainConfig(backbone=backbone_name, K=K, batch_size=M, gamma=0.0)
+    cfg = make_config(backbone=backbone_name, K=K, batch_size=M, gamma=0.0)
     method = build_method(cfg).to(memory_format=torch.channels_last).train()
     optimizer = method.configure_optimizer()
     if compile:
         method.backbone.compile()
-    generator = torch.Generator()
-    method.generator = generator
+    method.generator = torch.Generator()
     augment = KViewAugment(32, CIFAR_MEAN, CIFAR_STD)
     loader = image_loader(beton, M, train=True, num_workers=cores, seed=0, indices=True)
     torch.set_num_threads(cores)
+    device = torch.device("cpu")
+    views = ViewBatches(loader, augment, K, 0, device, method.generator, precision=precision)
+    step = TrainStep(method, optimizer, precision)
 
     def batches():
+        epoch = 0
         while True:
-            yield from loader
+            yield from views.epoch(epoch)
+            epoch += 1
 
     stream = batches()
-    device = torch.device("cpu")
 
     def run(n: int) -> float:
         start = time.perf_counter()
-        sums = train_epoch(method, itertools.islice(stream, n), augment, optimizer, K, 0, 0, device, generator,
-                           precision=precision)
-        assert int(sums[STEPS]) == n
+        sums = train_epoch(step, itertools.islice(stream, n), EpochSums(method.metric_names, device))
+        assert int(sums.totals()["steps"]) == n
         return (time.perf_counter() - start) / n
 
     run(WARMUP)

@@ -7,7 +7,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from rrdist.errors import RrdistError, find_user_message
+from rrdist.errors import ConfigError, RrdistError, find_user_message
 
 
 def _data(args: argparse.Namespace) -> int:
@@ -27,60 +27,72 @@ def _data(args: argparse.Namespace) -> int:
     return 0
 
 
-PRETRAIN_FLAGS = {  # config field -> (type, help); the flag is --field-with-dashes (--K for K)
-    "method": (str, "self-supervised method"),
-    "dataset": (str, "dataset name (rrdist data list)"),
-    "root": (str, "data folder; .beton files live in ROOT/ffcv/"),
-    "data_uri": (str, "shared copy of ROOT (file://, s3://, gs://): each node stages it into ROOT once"),
-    "backbone": (str, "conv4, resnet8, resnet32, resnet56 or resnet34"),
-    "K": (int, "augmented views per image"),
-    "gamma": (float, "focal factor of the loss; 0 is plain BCE"),
-    "aggregation": (str, "cat, sum, mean or max"),
-    "head": (str, "relation, or the Table 14 ablations dot (dot product of the features) and encoder_dot"),
-    "label_fraction": (float, "semi-supervised variant: share of training images whose label adds same-class positives"),
-    "batch_size": (int, "images per optimizer step over all workers (the paper's M); each worker holds M / workers"),
-    "lr": (float, "Adam learning rate"),
-    "epochs": (int, "total epochs (may grow when resuming)"),
-    "seed": (int, "seed of weights, data order and views"),
-    "workers": (int, "Ray Train workers (data parallel)"),
-    "cpus_per_worker": (int, "CPUs reserved per worker (and torch threads)"),
-    "loader_workers": (int, "FFCV decoding threads per worker"),
-    "checkpoint_every": (int, "epochs between checkpoints (the last epoch always gets one)"),
-    "max_failures": (int, "restarts of the worker group from the last checkpoint after a failure"),
-    "precision": (str, "fp32; bf16 autocast of the forward pass; fp64 for numerical checks (slow)"),
-    "out": (str, "run folder: a path (local or shared filesystem) or a bucket URI (s3://, gs://, ...)"),
-}
-
-
 def _pretrain(args: argparse.Namespace) -> int:
-    from rrdist.config import PretrainConfig
+    from rrdist.config import read_yaml
+    from rrdist.methods import all_keys, config_from_dict
     from rrdist.storage import is_uri, shown
     from rrdist.train.trainer import pretrain
 
-    cfg = PretrainConfig.from_yaml(args.config) if args.config else PretrainConfig()
-    values = cfg.to_dict()
-    for name in PRETRAIN_FLAGS:
-        value = getattr(args, name)
-        if value is not None:
-            values[name] = value
-    if args.use_gpu:
-        values["use_gpu"] = True
-    if args.sync_bn is not None:
-        values["sync_bn"] = args.sync_bn
-    if args.compile:
-        values["compile"] = True
-    if args.online_probe:
-        values["online_probe"] = True
-    cfg = PretrainConfig.from_dict(values).validate()
+    values = read_yaml(args.config, "pass the path of a YAML file of settings") if args.config else {}
+    if not isinstance(values or {}, dict):
+        raise ConfigError(f"config file {args.config} must hold a mapping of settings")
+    values = dict(values or {})
+    values.update({name: getattr(args, name) for name in all_keys() if getattr(args, name) is not None})
+    cfg = config_from_dict(values, source=args.config or "the command line").validate()
     result = pretrain(cfg, address=args.address)
     m = result.metrics
     out, folder = shown(cfg.out), shown(cfg.out, query=False)
     backbone = f"{folder}/backbone.pt" if is_uri(cfg.out) else result.run_dir / "backbone.pt"
     logdir = f"{folder}/tb" if is_uri(cfg.out) else Path(cfg.out).parent
-    print(f"done: {m.get('epoch', cfg.epochs)} epochs, loss {m.get('loss', float('nan')):.4f}, "
-          f"pair accuracy {m.get('pair_acc', float('nan')):.3f}; backbone in {backbone}")
+    figures = ", ".join(f"{k.replace('_', ' ')} {v:.4g}" for k, v in m.items()
+                        if k not in ("epoch", "steps", "views_per_s", "epoch_time_s") and isinstance(v, float))
+    print(f"done: {m.get('epoch', cfg.epochs)} epochs{', ' + figures if figures else ''}; backbone in {backbone}")
     print(f"next: rrdist evaluate linear --run {shlex.quote(out)}    tensorboard --logdir {logdir}")
     return 0
+
+
+def _add_pretrain_flags(pre: argparse.ArgumentParser) -> None:
+    """Flags from the settings' declarations: type, default and help come from the dataclass fields."""
+    from dataclasses import fields
+
+    from rrdist.config import PretrainConfig, help_of
+    from rrdist.data.datasets import DATASETS
+    from rrdist.methods import METHODS, setting_owners
+    from rrdist.models import BACKBONES
+
+    choices = {"method": ", ".join(METHODS), "dataset": ", ".join(sorted(DATASETS)), "backbone": ", ".join(BACKBONES)}
+    shared = pre.add_argument_group("settings of every run")
+    for f in PretrainConfig.shared_fields():
+        extra = f"; one of {choices[f.name]}" if f.name in choices else ""
+        _add_flag(shared, f, f"{help_of(f)}{extra} (default: {f.default})")
+    owners = setting_owners()
+    declared = {}  # a setting's first declaration gives its help
+    for method in METHODS.values():
+        for f in fields(method.Settings):
+            declared.setdefault(f.name, f)
+    groups = {"several methods": [n for n in owners if len(owners[n]) > 1]}
+    groups.update({name: [n for n in owners if owners[n] == [name]] for name in METHODS})
+    for title, names in groups.items():
+        if not names:
+            continue
+        group = pre.add_argument_group(f"settings of {title}")
+        for name in names:
+            defaults = {m: next(g.default for g in fields(METHODS[m].Settings) if g.name == name) for m in owners[name]}
+            shown = (", ".join(f"{m} {d}" for m, d in defaults.items()) if len(set(defaults.values())) > 1
+                     else str(next(iter(defaults.values()))))
+            used = f"; used by {', '.join(owners[name])}" if len(owners[name]) > 1 else ""
+            _add_flag(group, declared[name], f"{help_of(declared[name])}{used} (default: {shown})")
+
+
+def _add_flag(group, f, text: str) -> None:
+    flag = "--K" if f.name == "K" else "--" + f.name.replace("_", "-")
+    if f.type == "bool":
+        action = argparse.BooleanOptionalAction if f.default else "store_const"
+        extra = {} if f.default else {"const": True}
+        group.add_argument(flag, dest=f.name, action=action, default=None, help=text, **extra)
+        return
+    kind = {"int": int, "float": float, "str": str}[f.type]
+    group.add_argument(flag, dest=f.name, type=kind, default=None, metavar=f.name.upper(), help=text)
 
 
 def _run_copy(run: str):
@@ -171,8 +183,6 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from rrdist.config import PretrainConfig
-
     parser = argparse.ArgumentParser(prog="rrdist", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -187,21 +197,11 @@ def build_parser() -> argparse.ArgumentParser:
     prep.add_argument("--force", action="store_true", help="write again even if valid files exist")
     data.set_defaults(func=_data)
 
-    pre = sub.add_parser("pretrain", help="self-supervised pretraining on Ray Train")
-    pre.add_argument("--config", help="YAML file of settings; flags override it")
-    defaults = PretrainConfig().to_dict()
-    for name, (kind, text) in PRETRAIN_FLAGS.items():
-        flag = "--K" if name == "K" else "--" + name.replace("_", "-")
-        pre.add_argument(flag, dest=name, type=kind, default=None, metavar=name.upper(),
-                         help=f"{text} (default: {defaults[name]})")
-    pre.add_argument("--use-gpu", action="store_true", help="one GPU per worker, NCCL")
-    pre.add_argument("--sync-bn", action=argparse.BooleanOptionalAction, default=None,
-                     help="BatchNorm statistics over the global batch, all workers together, as one process "
-                          "would compute them (default: on); --no-sync-bn: each worker's own, fewer "
-                          "collectives (1.6x the views/s on 2 CPU workers) but no longer the one-process experiment")
-    pre.add_argument("--compile", action="store_true", help="torch.compile the backbone (measured: bench/RESULTS.md)")
-    pre.add_argument("--online-probe", action="store_true",
-                     help="train a linear classifier on detached features alongside; logs probe_acc per epoch")
+    pre = sub.add_parser("pretrain", help="self-supervised pretraining on Ray Train",
+                         description="Pretrain a backbone on Ray Train. A method's own settings apply to that "
+                                     "method only: giving one to another method is an error.")
+    pre.add_argument("--config", help="YAML file of settings (the keys are the flags' names); flags override it")
+    _add_pretrain_flags(pre)
     pre.add_argument("--address", default=None, help="Ray cluster to join (default: a private local Ray)")
     pre.set_defaults(func=_pretrain)
 

@@ -1,18 +1,19 @@
-"""Run configuration: one dataclass, readable from YAML and the CLI, saved beside every run."""
+"""Run configuration: the settings every run shares, readable from YAML and the CLI, saved beside every run.
+
+A method's own settings are a dataclass in its own file (`rrdist.methods`); the run configuration
+holds one of them in `settings`, and is saved flat (both side by side).
+"""
 
 from __future__ import annotations
 
 import dataclasses
-import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from rrdist.errors import ConfigError, first_line
-
-AGGREGATIONS = ("cat", "sum", "mean", "max")
 
 
 def read_yaml(path: str | Path, missing_hint: str) -> Any:
@@ -31,68 +32,84 @@ def parse_yaml(text: str, source: str | Path) -> Any:
 
 
 PRECISIONS = ("fp32", "bf16", "fp64")
-HEADS = ("relation", "dot", "encoder_dot")
+
+
+def setting(default: Any, help: str) -> Any:
+    """A configuration field with its help text: the CLI's flags and the docs read it from here."""
+    return field(default=default, metadata={"help": help})
+
+
+def help_of(f) -> str:
+    return f.metadata.get("help", "")
+
+
+def typed_values(cls: type, data: dict[str, Any], source: str) -> dict[str, Any]:
+    """data's values converted to the types of the dataclass `cls`'s fields (one-line errors)."""
+    known = {f.name: f for f in fields(cls)}
+    values = {}
+    for name, value in data.items():
+        kind = known[name].type
+        try:
+            if kind == "bool" and not isinstance(value, bool):
+                raise ValueError
+            values[name] = {"int": int, "float": float, "str": str, "bool": bool}[kind](value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"key '{name}' in {source} must be a {kind} (got {value!r})") from None
+    return values
 
 
 @dataclass
 class PretrainConfig:
+    """What every run shares; `settings` holds the method's own (a dataclass declared in its file).
+
+    Built by `rrdist.methods.config_from_dict`, which picks the method's settings; saved flat
+    (`to_dict`: these fields and the method's side by side), as in config.yaml and search spaces.
+    """
     # what to learn
-    method: str = "relational"
-    dataset: str = "cifar10"
-    root: str = "data"
-    data_uri: str = ""  # shared copy of ROOT (file://, s3://, ...): each node stages it into ROOT
-    backbone: str = "conv4"
-    K: int = 32
-    gamma: float = 2.0
-    aggregation: str = "cat"
-    head: str = "relation"  # relation, or the Table 14 ablations dot / encoder_dot
-    label_fraction: float = 0.0  # semi-supervised variant (appendix A.7): share of images whose label is used
-    batch_size: int = 64  # images of one optimizer step over all workers (the paper's M); M / workers each
-    lr: float = 1e-3
-    epochs: int = 200
-    seed: int = 0
+    method: str = setting("relational", "pretraining method")
+    dataset: str = setting("cifar10", "dataset name (rrdist data list)")
+    root: str = setting("data", "data folder; .beton files live in ROOT/ffcv/")
+    data_uri: str = setting("", "shared copy of ROOT (file://, s3://, gs://): each node stages it into ROOT once")
+    backbone: str = setting("conv4", "backbone network")
+    batch_size: int = setting(64, "images per optimizer step over all workers (the paper's M); "
+                                  "each worker holds M / workers")
+    epochs: int = setting(200, "total epochs (may grow when resuming)")
+    seed: int = setting(0, "seed of weights, data order and views")
     # where and how to run it
-    workers: int = 1
-    use_gpu: bool = False
-    gpus_per_worker: float = 1.0  # fractions share a GPU between trials of a sweep
-    cpus_per_worker: int = 1
-    loader_workers: int = 1
-    checkpoint_every: int = 10
-    max_failures: int = 3  # worker-group restarts from the last checkpoint before giving up
-    sync_bn: bool = True  # BatchNorm over the global batch, as on the paper's one GPU (False: per worker)
-    precision: str = "fp32"  # or bf16: autocast of the forward pass; fp64: numerical checks (slow)
-    compile: bool = False  # torch.compile the backbone (a one-off compile of 10-60 s per worker)
-    online_probe: bool = False  # a linear classifier on detached features, trained alongside (probe_acc)
-    out: str = "runs/run"
+    workers: int = setting(1, "Ray Train workers (data parallel)")
+    use_gpu: bool = setting(False, "one GPU per worker, NCCL")
+    gpus_per_worker: float = setting(1.0, "GPUs per worker with --use-gpu; fractions share a GPU between trials")
+    cpus_per_worker: int = setting(1, "CPUs reserved per worker (and torch threads)")
+    loader_workers: int = setting(1, "FFCV decoding threads per worker")
+    checkpoint_every: int = setting(10, "epochs between checkpoints (the last epoch always gets one)")
+    max_failures: int = setting(3, "restarts of the worker group from the last checkpoint after a failure")
+    sync_bn: bool = setting(True, "BatchNorm statistics over the global batch, all workers together, as one "
+                                  "process would compute them; --no-sync-bn: each worker's own, fewer "
+                                  "collectives (faster on CPU workers) but no longer the one-process experiment")
+    precision: str = setting("fp32", "fp32; bf16 autocast of the forward pass; fp64 for numerical checks (slow)")
+    compile: bool = setting(False, "torch.compile the backbone (a one-off compile of 10-60 s per worker)")
+    online_probe: bool = setting(False, "train a linear classifier on detached features alongside; "
+                                        "logs probe_acc per epoch")
+    out: str = setting("runs/run", "run folder: a path (local or shared filesystem) or a bucket URI (s3://, gs://, ...)")
+    settings: Any = field(default=None, metadata={"help": None})  # the method's own; not a flag of its own
 
     # Fields that may change when a run is resumed: they do not change what is learned.
     # The worker count is one of them: the same global batch, pairs and views on any number of workers.
     RESUMABLE = ("epochs", "checkpoint_every", "loader_workers", "cpus_per_worker", "gpus_per_worker", "max_failures",
                  "root", "data_uri", "out", "compile", "online_probe", "workers", "use_gpu")
 
+    @classmethod
+    def shared_fields(cls) -> list:
+        return [f for f in fields(cls) if f.name != "settings"]
+
     def validate(self) -> "PretrainConfig":
         from rrdist.data.datasets import DATASETS
-        from rrdist.methods import METHODS
         from rrdist.models import BACKBONES
 
-        def need(ok: bool, message: str) -> None:
-            if not ok:
-                raise ConfigError(message)
-
-        need(self.method in METHODS, f"unknown method '{self.method}': choose one of {', '.join(sorted(METHODS))}")
         need(self.dataset in DATASETS, f"unknown dataset '{self.dataset}': choose one of {', '.join(sorted(DATASETS))}")
         need(self.backbone in BACKBONES, f"unknown backbone '{self.backbone}': choose one of {', '.join(BACKBONES)}")
-        need(self.aggregation in AGGREGATIONS,
-             f"unknown aggregation '{self.aggregation}': choose one of {', '.join(AGGREGATIONS)}")
-        need(self.head in HEADS, f"unknown head '{self.head}': choose one of {', '.join(HEADS)}")
-        need(0.0 <= self.label_fraction <= 1.0,
-             f"label fraction must be in [0, 1] (got {self.label_fraction}): pass e.g. --label-fraction 0.1")
-        need(self.label_fraction == 0 or self.method == "relational",
-             "--label-fraction is the semi-supervised variant of relational reasoning: use it with --method relational")
-        need(self.K >= 2, f"K must be at least 2 (got {self.K}): relational reasoning pairs views of one image, pass --K 2 or more")
-        need(self.batch_size >= 2, f"batch size must be at least 2 (got {self.batch_size}): negatives pair different images, pass --batch-size 2 or more")
-        need(math.isfinite(self.gamma) and self.gamma >= 0, f"gamma must be >= 0 (got {self.gamma}): pass --gamma 0 for plain BCE or e.g. --gamma 2")
-        need(math.isfinite(self.lr) and self.lr > 0, f"learning rate must be > 0 (got {self.lr}): pass e.g. --lr 1e-3")
+        need(self.batch_size >= 2, f"batch size must be at least 2 (got {self.batch_size}): BatchNorm and "
+                                   f"negatives need two images, pass --batch-size 2 or more")
         need(self.epochs >= 1, f"epochs must be at least 1 (got {self.epochs}): pass --epochs 1 or more")
         need(self.workers >= 1, f"workers must be at least 1 (got {self.workers}): pass --workers 1 or more")
         need(self.cpus_per_worker >= 1, f"cpus per worker must be at least 1 (got {self.cpus_per_worker})")
@@ -102,6 +119,8 @@ class PretrainConfig:
         need(self.max_failures >= 0, f"max failures must be >= 0 (got {self.max_failures})")
         need(self.precision in PRECISIONS, f"unknown precision '{self.precision}': choose one of {', '.join(PRECISIONS)}")
         self._check_split()
+        if self.settings is not None:
+            self.settings.validate(self)
         return self
 
     def _check_split(self) -> None:
@@ -119,38 +138,18 @@ class PretrainConfig:
                               f"(--no-sync-bn) needs {least}: use --workers {counts}, or --sync-bn")
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """Flat: the shared fields, then the method's settings."""
+        shared = {f.name: getattr(self, f.name) for f in self.shared_fields()}
+        return {**shared, **(dataclasses.asdict(self.settings) if self.settings is not None else {})}
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any], source: str = "configuration") -> "PretrainConfig":
-        known = {f.name: f for f in fields(cls)}
-        unknown = sorted(set(data) - set(known))
-        if unknown:
-            raise ConfigError(f"unknown key '{unknown[0]}' in {source}: valid keys are {', '.join(known)}")
-        values = {}
-        for name, value in data.items():
-            kind = known[name].type
-            try:
-                if kind == "bool" and not isinstance(value, bool):
-                    raise ValueError
-                values[name] = {"int": int, "float": float, "str": str, "bool": bool}[kind](value)
-            except (TypeError, ValueError):
-                raise ConfigError(f"key '{name}' in {source} must be a {kind} (got {value!r})") from None
-        return cls(**values)
-
-    @classmethod
-    def from_yaml(cls, path: str | Path) -> "PretrainConfig":
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"{path} does not exist: pass the path of a YAML file of settings")
-        return cls.from_yaml_text(path.read_text(), path)
-
-    @classmethod
-    def from_yaml_text(cls, text: str, source: str | Path) -> "PretrainConfig":
-        data = parse_yaml(text, source) or {}
+    def shared_from_yaml(cls, path: str | Path) -> "PretrainConfig":
+        """The shared settings of a saved run (config.yaml), without its method's: what evaluations need."""
+        data = read_yaml(path, "pass the folder of a finished run") or {}
         if not isinstance(data, dict):
-            raise ConfigError(f"config file {source} must hold a mapping of settings")
-        return cls.from_dict(data, source=str(source))
+            raise ConfigError(f"config file {path} must hold a mapping of settings")
+        names = {f.name for f in cls.shared_fields()}
+        return cls(**typed_values(cls, {k: v for k, v in data.items() if k in names}, str(path)))
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
@@ -158,4 +157,13 @@ class PretrainConfig:
     def differences(self, other: "PretrainConfig") -> list[str]:
         """Settings that differ and would change what is learned."""
         mine, theirs = self.to_dict(), other.to_dict()
-        return [k for k in mine if k not in self.RESUMABLE and mine[k] != theirs[k]]
+        return [k for k in mine if k not in self.RESUMABLE and mine[k] != theirs.get(k)]
+
+    def value(self, name: str) -> Any:
+        """A setting by name, shared or the method's."""
+        return self.to_dict()[name]
+
+
+def need(ok: bool, message: str) -> None:
+    if not ok:
+        raise ConfigError(message)

@@ -5,18 +5,17 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from rrdist.config import PretrainConfig
-
 
 def run_demo(out: Path, epochs: int = 30, workers: int = 2) -> dict[str, float]:
     from rrdist.eval.linear import evaluate_linear
+    from rrdist.methods import make_config
     from rrdist.train.trainer import pretrain
 
     start = time.perf_counter()
     out = out.expanduser().resolve()
-    cfg = PretrainConfig(dataset="digits", root=str(out / "data"), backbone="conv4", K=4, gamma=2.0,
-                         batch_size=64, epochs=epochs, workers=workers, checkpoint_every=10,
-                         out=str(out / "relational-conv4-k4"))
+    cfg = make_config(dataset="digits", root=str(out / "data"), backbone="conv4", K=4, gamma=2.0,
+                      batch_size=64, epochs=epochs, workers=workers, checkpoint_every=10,
+                      out=str(out / "relational-conv4-k4"))
     pretrain(cfg)
     trained = evaluate_linear(cfg.out, init="trained")
     random = evaluate_linear(cfg.out, init="random")

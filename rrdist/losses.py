@@ -22,3 +22,39 @@ def focal_bce_with_logits(logits: torch.Tensor, targets: torch.Tensor, gamma: fl
         y = torch.sigmoid(logits)
         bce = 0.5 * ((1.0 - targets) * y + targets * (1.0 - y)).pow(gamma) * bce
     return bce.sum() if reduction == "sum" else bce.mean()
+
+
+def nt_xent(z: torch.Tensor, z_all: torch.Tensor, offset: int, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """SimCLR's NT-Xent of the local anchors z [2M, D] (view 0 of M images, then view 1) against z_all.
+
+    z_all holds every worker's [2M, D] block in turn; this worker's block starts at row `offset`
+    (z_all = z, offset 0 on one process). Each anchor's positive is the other view of its image;
+    every other row is a negative. Returns (mean loss over the local anchors, share of anchors
+    whose positive scores highest).
+    """
+    n = z.shape[0]
+    logits = z @ z_all.t() / temperature
+    rows = torch.arange(n, device=z.device)
+    logits[rows, offset + rows] = float("-inf")  # an anchor is not its own candidate
+    positive = offset + (rows + n // 2) % n
+    loss = F.cross_entropy(logits, positive)
+    acc = (logits.argmax(dim=1) == positive).float().mean()
+    return loss, acc
+
+
+def local_jsd(global_emb: torch.Tensor, local_emb: torch.Tensor, offset: int = 0) -> torch.Tensor:
+    """Deep InfoMax's local loss, -(Jensen-Shannon MI estimate): global_emb [N, E] of the whole batch,
+    local_emb [n, E, P] (P positions) of images offset .. offset + n - 1 of it (all N by default).
+
+    Scores s[a, b, p] = global_emb[a] . local_emb[b, :, p]; positives a == offset + b, negatives
+    the others: mean softplus(-s) over the batch's N P positives + mean softplus(s) over its
+    N (N - 1) P negatives, of which these images' columns contribute their share.
+    """
+    N, n, P = global_emb.shape[0], local_emb.shape[0], local_emb.shape[2]
+    scores = torch.einsum("ae,bep->abp", global_emb, local_emb)
+    same = torch.zeros(N, n, dtype=torch.bool, device=scores.device)
+    same[offset + torch.arange(n, device=scores.device), torch.arange(n, device=scores.device)] = True
+    same = same[:, :, None].expand_as(scores)
+    positive = F.softplus(-scores[same]).sum() / (N * P)
+    negative = F.softplus(scores[~same]).sum() / (N * (N - 1) * P)
+    return positive + negative

@@ -6,7 +6,7 @@ import sys
 import pytest
 
 from rrdist.cli import main
-from rrdist.config import PretrainConfig
+from rrdist.methods import make_config
 from rrdist.errors import ConfigError
 from rrdist.train.trainer import check_run_folder
 
@@ -73,13 +73,13 @@ def test_bad_config_file(capsys, tmp_path):
 
 
 def test_existing_run_folder_with_other_settings(tmp_path):
-    cfg = PretrainConfig(dataset="digits", K=4, out=str(tmp_path))
+    cfg = make_config(dataset="digits", K=4, out=str(tmp_path))
     (tmp_path / "config.yaml").write_text(cfg.to_yaml())
     assert check_run_folder(cfg, tmp_path) is True  # same settings: resume
-    longer = PretrainConfig(dataset="digits", K=4, epochs=500, out=str(tmp_path))
+    longer = make_config(dataset="digits", K=4, epochs=500, out=str(tmp_path))
     assert check_run_folder(longer, tmp_path) is True  # more epochs: still the same run
     with pytest.raises(ConfigError, match="K=4 .now 8.*new --out folder"):
-        check_run_folder(PretrainConfig(dataset="digits", K=8, out=str(tmp_path)), tmp_path)
+        check_run_folder(make_config(dataset="digits", K=8, out=str(tmp_path)), tmp_path)
 
 
 def test_no_traceback_from_the_installed_command(tmp_path):

@@ -9,12 +9,12 @@ import pytest
 import torch
 import torchvision.transforms.v2.functional as TF
 
-from rrdist.config import PretrainConfig
+from rrdist.methods import make_config
 from rrdist.data.augment import view_generator
 from rrdist.data.crop_flip import CropFlip
 from rrdist.methods import build_method
 from rrdist.methods.rotation import rotations
-from rrdist.methods.supervised import step_lr
+from rrdist.schedules import step_lr
 
 CPU = torch.device("cpu")
 
@@ -56,7 +56,7 @@ def reference_cross_entropy(logits, targets):
 @pytest.mark.parametrize("name", ["rotation", "supervised", "deepcluster"])
 def test_loss_is_cross_entropy_written_out(name):
     torch.manual_seed(0)
-    method = build_method(PretrainConfig(method=name, batch_size=4)).double().eval()
+    method = build_method(make_config(method=name, batch_size=4)).double().eval()
     views = torch.randn(4, 3, 32, 32, dtype=torch.float64)
     labels = torch.tensor([3, 1, 0, 9]) * (9 if name == "deepcluster" else 1)  # deepcluster: 100 pseudo-classes
     loss, _ = method(views, labels)
@@ -76,7 +76,7 @@ def test_loss_is_cross_entropy_written_out(name):
                                         ("relational", {"K": 4, "aggregation": "max"})])
 def test_training_steps_change_the_backbone_and_lower_the_loss(name, extra):
     torch.manual_seed(0)
-    method = build_method(PretrainConfig(method=name, batch_size=8, epochs=4, **extra))
+    method = build_method(make_config(method=name, batch_size=8, epochs=4, **extra))
     optimizer = method.configure_optimizer()
     if name == "deepcluster":
         method.on_epoch_start(0, optimizer, FixedImages(torch.randn(300, 64, generator=torch.Generator().manual_seed(2))))
@@ -97,7 +97,7 @@ def test_training_steps_change_the_backbone_and_lower_the_loss(name, extra):
 
 
 def test_random_weights_are_not_trained():
-    method = build_method(PretrainConfig(method="random"))
+    method = build_method(make_config(method="random"))
     assert not method.trainable
     with pytest.raises(RuntimeError):
         method(torch.randn(2, 3, 32, 32), None)
@@ -109,7 +109,7 @@ def test_supervised_lr_divided_by_ten_at_half_and_three_quarters():
     assert all(abs(v - 0.01) < 1e-12 for v in lrs[4:6])
     assert all(abs(v - 0.001) < 1e-12 for v in lrs[6:])
     torch.manual_seed(0)
-    method = build_method(PretrainConfig(method="supervised", epochs=8))
+    method = build_method(make_config(method="supervised", epochs=8))
     optimizer = method.configure_optimizer()
     method.on_epoch_start(6, optimizer)
     assert abs(optimizer.param_groups[0]["lr"] - 0.001) < 1e-12
@@ -185,7 +185,7 @@ class FixedImages:
 
 def test_deepcluster_epoch_start_assigns_pseudo_labels_and_resets_its_head():
     torch.manual_seed(0)
-    method = build_method(PretrainConfig(method="deepcluster", batch_size=8), num_classes=2)
+    method = build_method(make_config(method="deepcluster", batch_size=8), num_classes=2)
     assert method.needs_indices and method.clusters == 20
     optimizer = method.configure_optimizer()
     feats = torch.randn(100, 64, generator=torch.Generator().manual_seed(1))
@@ -209,7 +209,7 @@ def test_deepcluster_epoch_start_assigns_pseudo_labels_and_resets_its_head():
 
 
 def test_local_infomax_loss_matches_the_written_out_estimator():
-    from rrdist.methods.infomax import local_jsd_loss
+    from rrdist.losses import local_jsd
 
     g = torch.Generator().manual_seed(0)
     glob = torch.randn(3, 4, generator=g, dtype=torch.float64)
@@ -222,13 +222,13 @@ def test_local_infomax_loss_matches_the_written_out_estimator():
                 s = float(glob[n] @ local[m, :, p])
                 (pos if n == m else neg).append(softplus(-s) if n == m else softplus(s))
     want = sum(pos) / len(pos) + sum(neg) / len(neg)
-    assert abs(float(local_jsd_loss(glob, local)) - want) < 1e-10
+    assert abs(float(local_jsd(glob, local)) - want) < 1e-10
 
 
 @pytest.mark.parametrize("backbone", ["conv4", "resnet8"])
 def test_infomax_reads_an_8x8_local_map_and_its_gradient_reverses_for_the_prior(backbone):
     torch.manual_seed(0)
-    method = build_method(PretrainConfig(method="infomax", backbone=backbone, batch_size=4))
+    method = build_method(make_config(method="infomax", backbone=backbone, batch_size=4))
     method(torch.randn(4, 3, 32, 32), None)
     assert method._local.shape[-2:] == (8, 8)
     # The encoder's gradient through the prior term is the opposite of the discriminator's view of it.
@@ -243,11 +243,11 @@ def test_label_fraction_is_checked():
     from rrdist.errors import ConfigError
 
     with pytest.raises(ConfigError, match="--label-fraction"):
-        PretrainConfig(dataset="digits", label_fraction=1.5).validate()
-    with pytest.raises(ConfigError, match="--method relational"):
-        PretrainConfig(dataset="digits", method="simclr", label_fraction=0.1).validate()
+        make_config(dataset="digits", label_fraction=1.5).validate()
+    with pytest.raises(ConfigError, match="setting of relational, not of simclr.*--method relational"):
+        make_config(dataset="digits", method="simclr", label_fraction=0.1).validate()
     with pytest.raises(ConfigError, match="unknown head"):
-        PretrainConfig(dataset="digits", head="cosine").validate()
+        make_config(dataset="digits", head="cosine").validate()
 
 
 def test_deepcluster_refuses_too_few_images_before_anything_starts(tmp_path):
@@ -263,7 +263,7 @@ def test_deepcluster_refuses_too_few_images_before_anything_starts(tmp_path):
             for i in range(3):
                 pixels = torch.randint(0, 256, (32, 32, 3), generator=rng, dtype=torch.uint8).numpy()
                 Image.fromarray(pixels).save(tmp_path / "data" / split / c / f"{i}.png")
-    cfg = PretrainConfig(method="deepcluster", dataset="imagefolder", root=str(tmp_path / "data"), epochs=1,
+    cfg = make_config(method="deepcluster", dataset="imagefolder", root=str(tmp_path / "data"), epochs=1,
                          batch_size=2, out=str(tmp_path / "run"))
     with pytest.raises(DataError, match="20 clusters .* has 6 images: use a larger dataset"):
         pretrain(cfg, log=lambda *a: None)

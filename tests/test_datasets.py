@@ -161,15 +161,15 @@ def test_linear_evaluation_on_another_dataset_is_domain_transfer(tmp_path, digit
     """A digits backbone evaluated on CIFAR-100 files (both 32x32): the transfer setting of Table 1."""
     import json
 
-    from rrdist.config import PretrainConfig
+    from rrdist.methods import make_config
     from rrdist.eval.linear import LinearSettings, evaluate_linear
     from rrdist.models import build_backbone
-    from rrdist.train.checkpoint import save_backbone
+    from rrdist.models.backbone_file import save_backbone
 
     write_cifar100(tmp_path / "c100", np.random.default_rng(5))
     run = tmp_path / "run"
     run.mkdir()
-    cfg = PretrainConfig(dataset="digits", root=str(digits_root), out=str(run))
+    cfg = make_config(dataset="digits", root=str(digits_root), out=str(run))
     (run / "config.yaml").write_text(cfg.to_yaml())
     save_backbone(run, build_backbone("conv4"), cfg.to_dict(), 1)
     for name in ("cifar100", "cifar100-20"):

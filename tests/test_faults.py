@@ -1,6 +1,7 @@
 """Surviving failures: a worker killed mid-epoch, a truncated checkpoint, the driver killed."""
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -10,7 +11,7 @@ import time
 import pytest
 import torch
 
-from rrdist.config import PretrainConfig
+from rrdist.methods import make_config
 from rrdist.train.trainer import pretrain
 
 pytestmark = pytest.mark.usefixtures("ray_session")
@@ -20,7 +21,7 @@ QUIET = dict(log=lambda *a: None)
 def config(root, out, **kw):
     base = dict(dataset="digits", root=str(root), backbone="conv4", K=2, batch_size=64, epochs=3, workers=2,
                 checkpoint_every=1, out=str(out))
-    return PretrainConfig(**{**base, **kw})
+    return make_config(**{**base, **kw})
 
 
 def logged_epochs(run_dir):
@@ -85,14 +86,17 @@ def test_bf16_autocast_step_runs_on_cpu(digits_root):
     from rrdist.data.beton import load_manifest, split_path
     from rrdist.data.loader import image_loader
     from rrdist.methods import build_method
-    from rrdist.train.loop import LOSS, NONFINITE, STEPS, train_epoch
+    from rrdist.train.batches import ViewBatches
+    from rrdist.train.step import EpochSums, TrainStep, train_epoch
 
     manifest = load_manifest("digits", digits_root)
-    cfg = PretrainConfig(dataset="digits", K=2, batch_size=128, precision="bf16")
+    cfg = make_config(dataset="digits", K=2, batch_size=128, precision="bf16")
     method = build_method(cfg)
     before = [p.detach().clone() for p in method.backbone.parameters()]
     loader = image_loader(split_path(manifest, "test"), cfg.batch_size, train=True, indices=True)
-    sums = train_epoch(method, loader, KViewAugment(32, (0.5,) * 3, (0.25,) * 3), method.configure_optimizer(),
-                       cfg.K, cfg.seed, 0, torch.device("cpu"), precision="bf16")
-    assert sums[STEPS] == 360 // 128 and torch.isfinite(sums[LOSS]) and sums[NONFINITE] == 0
+    batches = ViewBatches(loader, KViewAugment(32, (0.5,) * 3, (0.25,) * 3), cfg.settings.K, cfg.seed,
+                          torch.device("cpu"), precision="bf16")
+    step = TrainStep(method, method.configure_optimizer(), precision="bf16")
+    totals = train_epoch(step, batches.epoch(0), EpochSums(method.metric_names, torch.device("cpu"))).totals()
+    assert totals["steps"] == 360 // 128 and math.isfinite(totals["loss"]) and totals["nonfinite"] == 0
     assert any(not torch.equal(a, b) for a, b in zip(before, method.backbone.parameters()))

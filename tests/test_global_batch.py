@@ -11,7 +11,7 @@ import ray.cloudpickle
 import torch
 
 from rrdist.collective import GlobalBatchNorm, convert_global_batchnorm
-from rrdist.config import PretrainConfig
+from rrdist.methods import make_config
 from rrdist.data.beton import load_manifest, split_path
 from rrdist.data.keyed import ImageDraws, key, mix, step_seed, uniform
 from rrdist.data.loader import global_batch_order, image_loader
@@ -80,7 +80,7 @@ def first_batches(loader, n):
 def test_an_images_views_do_not_depend_on_the_worker_count(digits_root, recipe):
     """Real FFCV loaders in the global-batch order, views keyed by image: one worker's batch is the
     two workers' shares side by side, and each image's K views are bit-identical in either."""
-    from rrdist.train.loop import build_augment
+    from rrdist.train.batches import build_augment
 
     manifest = load_manifest("digits", digits_root)
     augment = build_augment(recipe.split("-")[0], manifest)
@@ -153,11 +153,11 @@ def one_step(name, root, rank, workers, model_wrapper=None):
     layer's gradient; float64 shows whether the two computations are the same one."""
     from rrdist.data.loader import image_loader
     from rrdist.methods import build_method
-    from rrdist.train.loop import build_augment
+    from rrdist.train.batches import build_augment
     from rrdist.train.probe import OnlineProbe
 
     manifest = load_manifest("digits", root)
-    cfg = PretrainConfig(dataset="digits", batch_size=M, seed=0, **METHODS[name])
+    cfg = make_config(dataset="digits", batch_size=M, seed=0, **METHODS[name])
     torch.manual_seed(0)
     method = build_method(cfg, manifest["num_classes"]).double().to(memory_format=torch.channels_last)
     if workers > 1:
@@ -177,7 +177,7 @@ def one_step(name, root, rank, workers, model_wrapper=None):
     loss.backward()
     probe.step(labels)
     grads = {n: p.grad.detach().clone() for n, p in method.named_parameters() if p.grad is not None}
-    return {"loss": float(loss), "acc": float(metrics["pair_acc"]), "grads": grads,
+    return {"loss": float(loss), "acc": float(metrics[method.metric_names[-1]]) if len(method.metric_names) > 1 else 0.0, "grads": grads,
             "probe": probe.classifier.weight.detach().clone(),
             "buffers": {n: b.detach().clone() for n, b in method.named_buffers()}}
 
@@ -258,7 +258,7 @@ def test_one_and_two_workers_give_the_same_views_and_loss_trace_also_after_a_kil
 
     def run(name, workers, **extra):
         monkeypatch.setenv("RRDIST_TRACE", str(tmp_path / name / "trace"))
-        cfg = PretrainConfig(dataset="digits", root=str(digits_root), backbone="conv4", K=3, batch_size=32,
+        cfg = make_config(dataset="digits", root=str(digits_root), backbone="conv4", K=3, batch_size=32,
                              epochs=2, workers=workers, checkpoint_every=1, precision="fp64",
                              out=str(tmp_path / name / "run"), **extra)
         pretrain(cfg, log=lambda *a: None)

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from rrdist.config import PretrainConfig
+from rrdist.methods import make_config
 from rrdist.methods.relational import RelationalReasoning, aggregate, negative_partners, positive_pairs
 from rrdist.models.conv4 import Conv4
 
@@ -74,7 +74,7 @@ def test_negative_partners_are_uniform_over_other_images():
 
 @pytest.mark.parametrize("how,width", [("cat", 128), ("sum", 64), ("mean", 64), ("max", 64)])
 def test_method_uses_every_aggregation(how, width):
-    cfg = PretrainConfig(K=3, batch_size=4, aggregation=how)
+    cfg = make_config(K=3, batch_size=4, aggregation=how)
     torch.manual_seed(0)
     method = RelationalReasoning(cfg, Conv4())
     assert method.head[0].in_features == width
@@ -120,7 +120,7 @@ def test_dot_product_heads_score_pairs_as_written_out(head):
     """Table 14 ablations: the pair's score is the dot product of the two (encoded) representations."""
     torch.manual_seed(0)
     M, K = 6, 3
-    method = RelationalReasoning(PretrainConfig(K=K, batch_size=M, head=head), Conv4()).eval()
+    method = RelationalReasoning(make_config(K=K, batch_size=M, head=head), Conv4()).eval()
     assert not hasattr(method, "head")
     z = torch.randn(K * M, 64)
     method.generator = torch.Generator().manual_seed(5)
@@ -169,7 +169,7 @@ def test_labelled_subset_is_fixed_and_of_the_asked_size():
 def test_semi_supervised_pairs_stay_balanced_and_add_one_positive_per_labelled_pair():
     torch.manual_seed(0)
     M, K = 8, 3
-    method = RelationalReasoning(PretrainConfig(K=K, batch_size=M, label_fraction=1.0), Conv4())
+    method = RelationalReasoning(make_config(K=K, batch_size=M, label_fraction=1.0), Conv4())
     assert method.needs_indices
     labels = torch.tensor([0, 0, 1, 1, 2, 2, 3, 4])  # classes 3 and 4 have one image each
     classes = method.targets(labels, torch.arange(M))
@@ -190,7 +190,7 @@ def test_workers_shares_partition_the_global_pairs(semi):
     batch: together the shares are exactly the pairs (and scores) one process builds."""
     torch.manual_seed(0)
     M, K, N = 12, 3, 3
-    method = RelationalReasoning(PretrainConfig(K=K, batch_size=M, label_fraction=0.5 if semi else 0.0),
+    method = RelationalReasoning(make_config(K=K, batch_size=M, label_fraction=0.5 if semi else 0.0),
                                  Conv4()).double().eval()  # eval: the head scores each pair on its own
     z = torch.randn(K * M, 64, dtype=torch.float64)
     classes = torch.tensor([0, 1, 0, -1, 2, 1, 0, -1, 2, 3, 1, 2]) if semi else None

@@ -2,32 +2,46 @@
 
 import torch
 
-from rrdist.config import PretrainConfig
+from rrdist.methods import make_config
 from rrdist.data.augment import KViewAugment
 from rrdist.data.beton import load_manifest, split_path
 from rrdist.data.loader import image_loader
 from rrdist.methods import build_method
-from rrdist.train.loop import STEPS, train_epoch
+from rrdist.train.batches import ViewBatches
+from rrdist.train.step import EpochSums, TrainStep, train_epoch
 
 
 def loss_trace(root, seed, steps_seen, probe_factory=None, epochs=2):
     manifest = load_manifest("digits", root)
-    cfg = PretrainConfig(dataset="digits", K=3, batch_size=32, seed=seed)
+    cfg = make_config(dataset="digits", K=3, batch_size=32, seed=seed)
     torch.manual_seed(cfg.seed)
     method = build_method(cfg)
     optimizer = method.configure_optimizer()
     loader = image_loader(split_path(manifest, "train"), cfg.batch_size, train=True, seed=cfg.seed, indices=True)
     torch.set_num_threads(1)
     augment = KViewAugment(32, tuple(manifest["mean"]), tuple(manifest["std"]))
-    generator = torch.Generator()
-    method.generator = generator
+    method.generator = torch.Generator()
     probe = probe_factory(method.backbone) if probe_factory else None
-    trace = []
+    batches = ViewBatches(loader, augment, cfg.settings.K, cfg.seed, torch.device("cpu"), method.generator)
+    step = TrainStep(method, optimizer, probe=probe)
+    hook = LossRecorder()
     for epoch in range(epochs):
-        sums = train_epoch(method, loader, augment, optimizer, cfg.K, cfg.seed, epoch, torch.device("cpu"),
-                           generator, trace=trace, probe=probe)
-        steps_seen.append(int(sums[STEPS]))
-    return [step["loss"] for step in trace]
+        sums = train_epoch(step, batches.epoch(epoch), EpochSums(method.metric_names, torch.device("cpu")), hook)
+        steps_seen.append(int(sums.totals()["steps"]))
+    return hook.losses
+
+
+class LossRecorder:
+    """A step hook (the protocol of rrdist.train.hooks.StepHook) that keeps each step's loss."""
+
+    def __init__(self):
+        self.losses = []
+
+    def before_step(self, step, batch):
+        return batch
+
+    def after_step(self, step, batch, metrics):
+        self.losses.append(float(metrics["loss"]))
 
 
 def test_same_seed_same_loss_trace(digits_root):

@@ -6,11 +6,11 @@ import numpy as np
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from rrdist.config import PretrainConfig
+from rrdist.methods import make_config
 from rrdist.eval.retrieval import evaluate_retrieval, retrieval_scores, sample_queries
 from rrdist.eval.tsne import evaluate_tsne
 from rrdist.models import build_backbone
-from rrdist.train.checkpoint import save_backbone
+from rrdist.models.backbone_file import save_backbone
 
 
 def brute_force(features, labels, queries, k):
@@ -43,7 +43,7 @@ def test_retrieval_matches_brute_force():
 def random_run(tmp_path, digits_root):
     run = tmp_path / "run"
     run.mkdir()
-    cfg = PretrainConfig(dataset="digits", root=str(digits_root), out=str(run))
+    cfg = make_config(dataset="digits", root=str(digits_root), out=str(run))
     (run / "config.yaml").write_text(cfg.to_yaml())
     torch.manual_seed(0)
     save_backbone(run, build_backbone("conv4"), cfg.to_dict(), 1)

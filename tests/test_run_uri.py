@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from rrdist.config import PretrainConfig
+from rrdist.methods import config_from_yaml_text, make_config
 from rrdist.errors import ConfigError, DataError
 from rrdist.storage import RunFolder, join, working_copy
 from rrdist.train.trainer import check_run_folder, pretrain
@@ -78,7 +78,7 @@ def test_run_folder_files_at_a_uri(s3):
 def test_evaluation_copy_pushes_only_what_it_wrote(s3):
     uri, fs, _ = s3
     run = RunFolder(uri("eval-copy"))
-    run.write_text("config.yaml", PretrainConfig(dataset="digits").to_yaml())
+    run.write_text("config.yaml", make_config(dataset="digits").to_yaml())
     (run.local / "tb").mkdir(parents=True, exist_ok=True)
     (run.local / "tb" / "old").write_text("stale")  # a working copy's leftover is not sent back
     with working_copy(uri("eval-copy"), pull=("backbone.pt",), push=("eval", "tb")) as local:
@@ -115,7 +115,7 @@ def test_join_keeps_a_uris_query_at_its_end(tmp_path):
 def test_pretraining_with_out_at_a_bucket(s3, digits_root, tmp_path):
     uri, fs, endpoint = s3
     out = uri("digits-k3")
-    cfg = PretrainConfig(dataset="digits", root=str(digits_root), backbone="conv4", K=3, batch_size=32,
+    cfg = make_config(dataset="digits", root=str(digits_root), backbone="conv4", K=3, batch_size=32,
                          epochs=2, workers=2, checkpoint_every=1, out=out)
     first = pretrain(cfg, **QUIET)
     files = bucket_files(fs, "digits-k3")
@@ -123,14 +123,14 @@ def test_pretraining_with_out_at_a_bucket(s3, digits_root, tmp_path):
             "train/epoch_0002/state.pt"} <= set(files)
     assert any(f.startswith("tb/events.out.tfevents") for f in files)
     assert [json.loads(x)["epoch"] for x in read(fs, "digits-k3/metrics.jsonl").decode().splitlines()] == [1, 2]
-    assert PretrainConfig.from_yaml_text(read(fs, "digits-k3/config.yaml").decode(), "bucket") == cfg
+    assert config_from_yaml_text(read(fs, "digits-k3/config.yaml").decode(), "bucket") == cfg
     assert first.run_dir == RunFolder(out).local and (first.run_dir / "backbone.pt").is_file()
     with pytest.raises(ConfigError, match="holds a run with K=3"):
-        check_run_folder(PretrainConfig(**{**cfg.to_dict(), "K": 4}), RunFolder(out))
+        check_run_folder(make_config(**{**cfg.to_dict(), "K": 4}), RunFolder(out))
 
     # Another machine (no working copy) continues the run from the bucket: epoch 3 only.
     shutil.rmtree(first.run_dir)
-    longer = PretrainConfig(**{**cfg.to_dict(), "epochs": 3})
+    longer = make_config(**{**cfg.to_dict(), "epochs": 3})
     second = pretrain(longer, **QUIET)
     assert second.resumed and second.metrics["epoch"] == 3
     assert [json.loads(x)["epoch"] for x in read(fs, "digits-k3/metrics.jsonl").decode().splitlines()] == [1, 2, 3]

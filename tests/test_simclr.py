@@ -10,9 +10,9 @@ import ray.cloudpickle
 import torch
 import torch.nn.functional as F
 
-from rrdist.config import PretrainConfig
+from rrdist.methods import make_config
 from rrdist.methods import build_method
-from rrdist.methods.simclr import nt_xent
+from rrdist.losses import nt_xent
 
 ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers cannot import tests/
 
@@ -59,7 +59,7 @@ def worker_views(rank):
 
 def fresh_simclr():
     torch.manual_seed(0)
-    method = build_method(PretrainConfig(method="simclr", batch_size=M))
+    method = build_method(make_config(method="simclr", batch_size=M))
     return method.eval()  # BatchNorm on running statistics: each view's projection is its own
 
 
@@ -106,7 +106,7 @@ def test_rrdist_pretrain_method_simclr_runs_on_two_workers(digits_root, tmp_path
 
     from rrdist.train.trainer import pretrain
 
-    cfg = PretrainConfig(method="simclr", dataset="digits", root=str(digits_root), batch_size=32, epochs=1,
+    cfg = make_config(method="simclr", dataset="digits", root=str(digits_root), batch_size=32, epochs=1,
                          workers=2, out=str(tmp_path / "simclr"))
     result = pretrain(cfg, log=lambda *a: None)
     metrics = json.loads((result.run_dir / "metrics.jsonl").read_text().splitlines()[-1])

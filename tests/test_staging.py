@@ -4,7 +4,7 @@ import shutil
 
 import pytest
 
-from rrdist.config import PretrainConfig
+from rrdist.methods import make_config
 from rrdist.data.beton import load_manifest
 from rrdist.data.staging import stage
 from rrdist.errors import DataError
@@ -61,7 +61,7 @@ def test_pretraining_reads_a_data_uri(shared, tmp_path):
     from rrdist.train.trainer import pretrain
 
     local = tmp_path / "node"
-    cfg = PretrainConfig(dataset="digits", root=str(local), data_uri=f"file://{shared}", K=2, epochs=1,
+    cfg = make_config(dataset="digits", root=str(local), data_uri=f"file://{shared}", K=2, epochs=1,
                          workers=2, out=str(tmp_path / "run"))
     result = pretrain(cfg, **QUIET)
     assert result.metrics["epoch"] == 1

@@ -7,7 +7,7 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from rrdist.config import PretrainConfig
+from rrdist.methods import config_from_yaml, make_config
 from rrdist.errors import ConfigError, TrainingError
 from rrdist.eval.linear import LinearSettings, evaluate_linear
 from rrdist.train.trainer import pretrain
@@ -19,7 +19,7 @@ QUIET = dict(log=lambda *a: None)
 @pytest.fixture(scope="module")
 def run(digits_root, tmp_path_factory):
     out = tmp_path_factory.mktemp("runs") / "digits-conv4-k3"
-    cfg = PretrainConfig(dataset="digits", root=str(digits_root), backbone="conv4", K=3, batch_size=32,
+    cfg = make_config(dataset="digits", root=str(digits_root), backbone="conv4", K=3, batch_size=32,
                          epochs=2, workers=2, checkpoint_every=1, out=str(out))
     result = pretrain(cfg, **QUIET)
     return cfg, result
@@ -55,7 +55,7 @@ def test_fit_writes_checkpoints_events_and_backbone(run):
     assert any(k.startswith("backbone.") for k in state["method"]) and any(k.startswith("head.") for k in state["method"])
     saved = torch.load(run_dir / "backbone.pt", weights_only=True)
     assert saved["epoch"] == 2
-    assert PretrainConfig.from_yaml(run_dir / "config.yaml") == cfg
+    assert config_from_yaml(run_dir / "config.yaml") == cfg
     loss = scalars(run_dir, "pretrain/loss")
     assert sorted(loss) == [1, 2] and all(v > 0 for v in loss.values())
     assert sorted(scalars(run_dir, "pretrain/views_per_s")) == [1, 2]
@@ -64,7 +64,7 @@ def test_fit_writes_checkpoints_events_and_backbone(run):
 
 def test_rerun_resumes_from_the_last_checkpoint(run):
     cfg, first = run
-    longer = PretrainConfig(**{**cfg.to_dict(), "epochs": 3})
+    longer = make_config(**{**cfg.to_dict(), "epochs": 3})
     result = pretrain(longer, **QUIET)
     assert result.resumed and result.metrics["epoch"] == 3
     assert epochs_logged(first.run_dir) == [1, 2, 3]  # epochs 1-2 were not run again
@@ -99,7 +99,7 @@ def test_nan_loss_stops_with_one_line_and_keeps_checkpoints(run, monkeypatch):
     backbone = (result.run_dir / "backbone.pt").read_bytes()
     monkeypatch.setenv("RRDIST_FAULT", "nan-loss")
     with pytest.raises(TrainingError) as err:
-        pretrain(PretrainConfig(**{**cfg.to_dict(), "epochs": 5}), **QUIET)
+        pretrain(make_config(**{**cfg.to_dict(), "epochs": 5}), **QUIET)
     message = str(err.value)
     assert "NaN" in message and "--lr" in message and "\n" not in message
     assert sorted(p.name for p in (result.run_dir / "train").glob("epoch_*")) == before
@@ -109,5 +109,5 @@ def test_nan_loss_stops_with_one_line_and_keeps_checkpoints(run, monkeypatch):
 def test_run_folder_with_other_settings_is_refused(run):
     cfg, result = run
     with pytest.raises(ConfigError, match="new --out folder"):
-        pretrain(PretrainConfig(**{**cfg.to_dict(), "gamma": 0.0}), **QUIET)
+        pretrain(make_config(**{**cfg.to_dict(), "gamma": 0.0}), **QUIET)
     assert os.path.exists(result.run_dir / "backbone.pt")

@@ -22,12 +22,12 @@ def load_backbone(run_dir: Path, init: str) -> tuple[torch.nn.Module, PretrainCo
     Returns the backbone, the run's config and a fingerprint of the weights for the feature cache.
     """
     from rrdist.models import build_backbone
-    from rrdist.train.checkpoint import BACKBONE_FILE, load_backbone_file
+    from rrdist.models.backbone_file import BACKBONE_FILE, load_backbone_file
 
     config_file = run_dir / "config.yaml"
     if not config_file.is_file():
         raise DataError(f"{run_dir} is not a run folder (no config.yaml): pass the --out folder of `rrdist pretrain`")
-    cfg = PretrainConfig.from_yaml(config_file)
+    cfg = PretrainConfig.shared_from_yaml(config_file)  # the method's own settings are not needed here
     if init == "random":
         torch.manual_seed(cfg.seed)  # the same weights the pretraining started from
         backbone = build_backbone(cfg.backbone)
@@ -44,28 +44,11 @@ def load_backbone(run_dir: Path, init: str) -> tuple[torch.nn.Module, PretrainCo
     return backbone, cfg, fingerprint
 
 
-@torch.no_grad()
-def extract(backbone: torch.nn.Module, beton: Path, manifest: dict[str, Any], device: torch.device,
-            batch_size: int = 512) -> tuple[torch.Tensor, torch.Tensor]:
-    """Features [N, D] and labels [N] of every image of a split, in file order, no augmentation."""
-    from rrdist.data.augment import KViewAugment
-    from rrdist.data.loader import image_loader
-
-    prep = KViewAugment(manifest["image_size"], tuple(manifest["mean"]), tuple(manifest["std"]))
-    loader = image_loader(beton, batch_size, train=False, num_workers=1, device=device, drop_last=False)
-    backbone = backbone.to(device).eval()
-    dtype = next(backbone.parameters()).dtype  # float64 in a --precision fp64 pretraining
-    feats, labels = [], []
-    for images, y in loader:
-        feats.append(backbone(prep.plain(images.to(device)).to(dtype)).float().cpu())
-        labels.append(y.cpu())
-    return torch.cat(feats), torch.cat(labels)
-
-
 def cached_features(run_dir: Path, backbone: torch.nn.Module, fingerprint: str, manifest: dict[str, Any],
                     split: str, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, bool]:
     """Features of `split`, from the cache when the same weights and data made them; (feats, labels, hit)."""
     from rrdist.data.beton import split_path
+    from rrdist.data.features import extract
 
     beton = split_path(manifest, split)
     key = json.dumps({"format": CACHE_FORMAT, "weights": fingerprint, "data": manifest["splits"][split]["sha256"]},

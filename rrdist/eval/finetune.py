@@ -81,7 +81,7 @@ def evaluate_finetune(run_dir: str | Path, dataset: str | None = None, root: str
     from rrdist.data.beton import ensure_prepared, split_path
     from rrdist.data.loader import image_loader
     from rrdist.eval.features import load_backbone
-    from rrdist.methods.supervised import step_lr
+    from rrdist.schedules import step_lr
 
     settings = settings or FinetuneSettings()
     run_dir = Path(run_dir).expanduser().resolve()

@@ -1,7 +1,17 @@
-"""Method registry: a new method is one file plus one line here."""
+"""Method registry: a new method is one file plus one line here.
+
+Also where a run configuration is composed: the shared settings (`rrdist.config`) and the
+chosen method's own (its `Settings`), from the flat form of config files, flags and sweeps.
+"""
 
 from __future__ import annotations
 
+from dataclasses import fields
+from pathlib import Path
+from typing import Any
+
+from rrdist.config import PretrainConfig, parse_yaml, read_yaml, typed_values
+from rrdist.errors import ConfigError
 from rrdist.methods.deepcluster import DeepCluster
 from rrdist.methods.infomax import DeepInfoMax
 from rrdist.methods.random_weights import RandomWeights
@@ -21,10 +31,64 @@ METHODS = {
 }
 
 
-def build_method(cfg, num_classes: int = 10):
-    from rrdist.errors import ConfigError
+def method_class(name: str) -> type:
+    if name not in METHODS:
+        raise ConfigError(f"unknown method '{name}': choose one of {', '.join(sorted(METHODS))}")
+    return METHODS[name]
+
+
+def setting_owners() -> dict[str, list[str]]:
+    """Each method setting's name -> the methods that have it, in registry order."""
+    owners: dict[str, list[str]] = {}
+    for name, method in METHODS.items():
+        for f in fields(method.Settings):
+            owners.setdefault(f.name, []).append(name)
+    return owners
+
+
+def all_keys() -> list[str]:
+    """Every key a configuration may hold: the shared settings, then every method's."""
+    return [f.name for f in PretrainConfig.shared_fields()] + list(setting_owners())
+
+
+def config_from_dict(data: dict[str, Any], source: str = "configuration") -> PretrainConfig:
+    """A run configuration from its flat form; a key of no method, or of another method, is refused."""
+    shared = {f.name for f in PretrainConfig.shared_fields()}
+    method = str(data.get("method", PretrainConfig.method))
+    settings_type = method_class(method).Settings
+    own = {f.name for f in fields(settings_type)}
+    owners = setting_owners()
+    for key in data:
+        if key in shared or key in own:
+            continue
+        if key in owners:
+            raise ConfigError(f"'{key}' in {source} is a setting of {' and '.join(owners[key])}, not of {method}: "
+                              f"drop it, or choose --method {owners[key][0]}")
+        raise ConfigError(f"unknown key '{key}' in {source}: valid keys are {', '.join(all_keys())}")
+    settings = settings_type(**typed_values(settings_type, {k: v for k, v in data.items() if k in own}, source))
+    values = typed_values(PretrainConfig, {k: v for k, v in data.items() if k in shared}, source)
+    return PretrainConfig(**values, settings=settings)
+
+
+def make_config(**values: Any) -> PretrainConfig:
+    return config_from_dict(values)
+
+
+def config_from_yaml_text(text: str, source: str | Path) -> PretrainConfig:
+    return _from_mapping(parse_yaml(text, source), source)
+
+
+def config_from_yaml(path: str | Path) -> PretrainConfig:
+    return _from_mapping(read_yaml(path, "pass the path of a YAML file of settings"), path)
+
+
+def _from_mapping(data: Any, source: str | Path) -> PretrainConfig:
+    if not isinstance(data or {}, dict):
+        raise ConfigError(f"config file {source} must hold a mapping of settings")
+    return config_from_dict(data or {}, source=str(source))
+
+
+def build_method(cfg: PretrainConfig, num_classes: int = 10):
     from rrdist.models import build_backbone
 
-    if cfg.method not in METHODS:
-        raise ConfigError(f"unknown method '{cfg.method}': choose one of {', '.join(sorted(METHODS))}")
-    return METHODS[cfg.method](cfg, build_backbone(cfg.backbone), num_classes)
+    return method_class(cfg.method)(cfg, build_backbone(cfg.backbone), num_classes)

@@ -21,6 +21,7 @@ import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 
+from rrdist import paper
 from rrdist.config import PretrainConfig
 from rrdist.errors import DataError
 from rrdist.methods.base import Method
@@ -28,6 +29,9 @@ from rrdist.models.heads import mlp_head
 
 CLUSTERS_PER_CLASS = 10
 PCA_DIM = 256
+PAPER = paper.cells(
+    Table_2=[(42.88, 0.21), (21.03, 1.56), (12.60, 1.23), (43.31, 0.62), (20.44, 0.80), (11.64, 0.21)],
+    Table_5=[(21.03, 1.56), (30.07, 2.06), (20.44, 0.80), (29.49, 1.36)])
 
 
 def cluster(features: np.ndarray, k: int, seed: int) -> np.ndarray:
@@ -42,7 +46,10 @@ def cluster(features: np.ndarray, k: int, seed: int) -> np.ndarray:
 
 
 class DeepCluster(Method):
+    PAPER = PAPER
+    metric_names = ("loss", "cluster_acc")  # cluster_acc: views assigned to their image's cluster
     needs_indices = True
+
     def __init__(self, cfg: PretrainConfig, backbone: nn.Module, num_classes: int = 10) -> None:
         super().__init__(cfg, backbone, num_classes)
         self.clusters = CLUSTERS_PER_CLASS * num_classes
@@ -91,4 +98,4 @@ class DeepCluster(Method):
         logits = self.head(self.backbone(views))
         loss = F.cross_entropy(logits, labels)
         acc = (logits.argmax(dim=1) == labels).float().mean()
-        return loss, {"loss": loss.detach(), "pair_acc": acc.detach()}
+        return loss, {"loss": loss.detach(), "cluster_acc": acc.detach()}

@@ -11,19 +11,22 @@ reversal, so one optimiser step trains both sides of the game.
 Choices where the appendix is silent: the local map is the 8x8 map of 32x32 inputs (conv4's
 second block; the last stage of the CIFAR ResNets; ResNet-34's third stage); critics of 256
 units and a 256-64-1 discriminator ("reduced capacity", as the appendix says); one view per
-image with the relational augmentations. The lr is the method's own (1e-4, the DIM paper's):
-`--lr` is not used.
+image with the relational augmentations. Its lr defaults to the DIM paper's 1e-4 (`--lr`).
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from rrdist import paper
 from rrdist.collective import gather, own_images, world
-from rrdist.config import PretrainConfig
-from rrdist.methods.base import Method
+from rrdist.config import PretrainConfig, setting
+from rrdist.losses import local_jsd
+from rrdist.methods.base import AdamSettings, Method
 
 LOCAL_LAYER = {"conv4": "layers.1", "resnet8": "stages.2", "resnet32": "stages.2", "resnet56": "stages.2",
                "resnet34": "layer3"}
@@ -41,26 +44,20 @@ class _Reverse(torch.autograd.Function):
         return -grad
 
 
-def local_jsd_loss(global_emb: torch.Tensor, local_emb: torch.Tensor, offset: int = 0) -> torch.Tensor:
-    """-(JSD MI estimate): global_emb [N, E] of the whole batch, local_emb [n, E, P] (P positions)
-    of images offset .. offset + n - 1 of it (all N by default).
+PAPER = paper.cells(
+    Table_2=[(44.60, 0.27), (22.74, 0.21), (14.19, 0.13), (47.13, 0.45), (24.07, 0.05), (17.51, 0.15)],
+    Table_5=[(22.74, 0.21), (32.36, 0.43), (24.07, 0.05), (33.92, 0.34)])
 
-    Scores s[a, b, p] = global_emb[a] . local_emb[b, :, p]; positives a == offset + b, negatives
-    the others: mean softplus(-s) over the batch's N P positives + mean softplus(s) over its
-    N (N - 1) P negatives, of which these images' columns contribute their share.
-    """
-    N, n, P = global_emb.shape[0], local_emb.shape[0], local_emb.shape[2]
-    scores = torch.einsum("ae,bep->abp", global_emb, local_emb)
-    same = torch.zeros(N, n, dtype=torch.bool, device=scores.device)
-    same[offset + torch.arange(n, device=scores.device), torch.arange(n, device=scores.device)] = True
-    same = same[:, :, None].expand_as(scores)
-    positive = F.softplus(-scores[same]).sum() / (N * P)
-    negative = F.softplus(scores[~same]).sum() / (N * (N - 1) * P)
-    return positive + negative
+
+@dataclass
+class InfoMaxSettings(AdamSettings):
+    lr: float = setting(1e-4, "learning rate of Adam (the Deep InfoMax paper's 1e-4)")
 
 
 class DeepInfoMax(Method):
-    lr = 1e-4
+    Settings = InfoMaxSettings
+    PAPER = PAPER
+    metric_names = ("loss", "prior_acc")  # prior_acc: the prior discriminator's accuracy on true prior samples
 
     def __init__(self, cfg: PretrainConfig, backbone: nn.Module, num_classes: int = 10) -> None:
         super().__init__(cfg, backbone, num_classes)
@@ -85,9 +82,6 @@ class DeepInfoMax(Method):
             backbone.train(was)
         return self._local.shape[1]
 
-    def configure_optimizer(self) -> torch.optim.Optimizer:
-        return torch.optim.Adam(self.parameters(), lr=self.lr)
-
     def forward(self, views: torch.Tensor, labels: torch.Tensor):
         y = self.backbone(views)
         local = self._local
@@ -95,7 +89,7 @@ class DeepInfoMax(Method):
         global_emb = gather(self.global_critic(y))  # [M, E]: the global batch's, negatives for every image
         start, stop = own_images(global_emb.shape[0])
         # This worker's columns of the batch's scores; times N so that DDP's mean is the whole loss.
-        mi_loss = local_jsd_loss(global_emb, local_emb, start) * world()[1]
+        mi_loss = local_jsd(global_emb, local_emb, start) * world()[1]
         # The prior's samples of the whole batch, drawn alike on every worker; this worker's rows.
         M, d = global_emb.shape[0], y.shape[1]
         prior = torch.rand(M, d, generator=self.generator, device=y.device, dtype=y.dtype)[start:stop]
@@ -104,4 +98,4 @@ class DeepInfoMax(Method):
         prior_loss = (F.binary_cross_entropy_with_logits(real, torch.ones_like(real)) +
                       F.binary_cross_entropy_with_logits(fake, torch.zeros_like(fake)))
         loss = BETA * mi_loss + GAMMA * prior_loss
-        return loss, {"loss": loss.detach(), "pair_acc": (real > 0).float().mean().detach()}
+        return loss, {"loss": loss.detach(), "prior_acc": (real > 0).float().mean().detach()}

@@ -7,12 +7,25 @@ same network a relational run with the same seed starts from (`evaluate linear -
 
 from __future__ import annotations
 
-import torch
+from dataclasses import dataclass
 
-from rrdist.methods.base import Method
+from rrdist import paper
+from rrdist.methods.base import Method, Settings
+
+
+@dataclass
+class RandomSettings(Settings):
+    """Nothing to set: nothing is trained."""
 
 
 class RandomWeights(Method):
+    Settings = RandomSettings
+    PAPER = paper.cells(
+        Table_2=[(32.92, 1.88), (10.79, 0.59), (6.19, 0.13), (27.47, 0.83), (7.65, 0.44), (3.24, 0.43)],
+        Table_5=[(10.79, 0.59), (19.94, 0.31), (7.65, 0.44), (16.56, 0.48)],
+        Table_9=[(10.79, 0.59), (32.92, 1.89), (13.08, 0.91), (35.94, 1.39), (7.65, 0.44), (27.47, 0.83),
+                 (1.88, 0.14), (13.53, 3.66)])
+    metric_names = ()
     trainable = False
 
     def forward(self, views: torch.Tensor, labels: torch.Tensor):

@@ -13,15 +13,76 @@ gradient is the single-process gradient (tested).
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from rrdist import paper
 from rrdist.collective import gather_detached, gather_views, own_images, world
-from rrdist.config import PretrainConfig
+from rrdist.config import PretrainConfig, need, setting
 from rrdist.losses import focal_bce_with_logits
-from rrdist.methods.base import Method
+from rrdist.methods.base import AdamSettings, Method
 from rrdist.models.heads import mlp_head, relation_head
+
+AGGREGATIONS = ("cat", "sum", "mean", "max")
+HEADS = ("relation", "dot", "encoder_dot")
+
+
+@dataclass
+class RelationalSettings(AdamSettings):
+    K: int = setting(32, "augmented views per image")
+    gamma: float = setting(2.0, "focal factor of the loss; 0 is plain BCE")
+    aggregation: str = setting("cat", "how a pair's two features are joined: " + ", ".join(AGGREGATIONS))
+    head: str = setting("relation", "relation, or the Table 14 ablations dot (dot product of the features) "
+                                    "and encoder_dot")
+    label_fraction: float = setting(0.0, "semi-supervised variant: share of training images whose label "
+                                         "adds same-class positives")
+
+    def validate(self, run: PretrainConfig) -> None:
+        super().validate(run)
+        need(self.K >= 2, f"K must be at least 2 (got {self.K}): relational reasoning pairs views of one image, "
+                          f"pass --K 2 or more")
+        need(math.isfinite(self.gamma) and self.gamma >= 0,
+             f"gamma must be >= 0 (got {self.gamma}): pass --gamma 0 for plain BCE or e.g. --gamma 2")
+        need(self.aggregation in AGGREGATIONS,
+             f"unknown aggregation '{self.aggregation}': choose one of {', '.join(AGGREGATIONS)}")
+        need(self.head in HEADS, f"unknown head '{self.head}': choose one of {', '.join(HEADS)}")
+        need(0.0 <= self.label_fraction <= 1.0,
+             f"label fraction must be in [0, 1] (got {self.label_fraction}): pass e.g. --label-fraction 0.1")
+
+
+TABLE10_K = (2, 4, 8, 16, 32)
+PAPER = {
+    **paper.cells(
+        Table_2=[(61.03, 0.23), (33.38, 1.02), (22.31, 0.19), (74.99, 0.07), (46.17, 0.16), (30.54, 0.42)],
+        Table_5=[(33.38, 1.02), (40.86, 1.03), (46.17, 0.17), (52.44, 0.47)],
+        Table_9=[(31.84, 0.23), (57.30, 0.26), (36.07, 0.35), (63.24, 0.52), (41.50, 0.35), (67.81, 0.42),
+                 (42.19, 0.28), (68.66, 0.21)]),
+    # Table 10: K views per image; Conv-4, CIFAR-10, 100 epochs (validation split).
+    **{("Table 10", "conv4", "cifar10", "cifar10", ("K", K)): cell
+       for K, cell in zip(TABLE10_K, [(55.31, 0.58), (58.05, 0.67), (59.24, 0.51), (60.26, 0.59), (60.33, 0.36)])},
+    # Tables 11-12: share of labelled images (appendix A.7); ResNet-32, 200 epochs.
+    **{(table, "resnet32", d, d, ("labels", f)): cell
+       for table, d, row in (("Table 11", "cifar10", [(76.55, 0.27), (80.14, 0.35), (85.30, 0.28), (89.35, 0.11),
+                                                      (90.66, 0.23)]),
+                             ("Table 12", "cifar100", [(46.10, 0.29), (49.55, 0.36), (54.44, 0.58), (58.52, 0.70),
+                                                       (58.96, 0.28)]))
+       for f, cell in zip((0.01, 0.1, 0.25, 0.5, 1.0), row)},
+    # Table 13: the aggregation; Conv-4 (validation split).
+    **{("Table 13", "conv4", d, d, ("aggregation", a)): cell
+       for a, row in (("sum", [(57.60, 0.23), (29.45, 0.69)]), ("mean", [(57.77, 0.74), (29.15, 0.80)]),
+                      ("max", [(56.45, 1.15), (26.58, 1.26)]), ("cat", [(60.81, 0.25), (32.36, 0.73)]))
+       for d, cell in zip(("cifar10", "cifar100"), row)},
+    # Table 14: the head; ResNet-32, 200 epochs: linear, transfer 10->100 and 100->10, grain.
+    **{("Table 14", "resnet32", p, e, ("head", h)): cell
+       for h, row in (("dot", [(72.74, 0.22), (28.77, 0.44), (18.19, 0.10), (51.9, 0.50), (45.05, 1.07)]),
+                      ("encoder_dot", [(59.44, 0.59), (29.91, 1.28), (28.29, 0.90), (53.65, 0.85), (36.94, 1.30)]))
+       for (p, e), cell in zip((("cifar10", "cifar10"), ("cifar100", "cifar100"), ("cifar10", "cifar100"),
+                                 ("cifar100", "cifar10"), ("cifar100", "cifar100-20")), row)},
+}
 
 
 def positive_pairs(M: int, K: int, device: torch.device | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -112,30 +173,56 @@ def same_class_partners(right: torch.Tensor, classes: torch.Tensor, M: int,
 
 
 class RelationalReasoning(Method):
+    Settings = RelationalSettings
+    PAPER = PAPER
+    metric_names = ("loss", "pair_acc")  # pair_acc: pairs classified right (positive or negative)
+
     def __init__(self, cfg: PretrainConfig, backbone: nn.Module, num_classes: int = 10) -> None:
         super().__init__(cfg, backbone, num_classes)
-        width = backbone.feature_size * (2 if cfg.aggregation == "cat" else 1)
-        if cfg.head == "relation":
+        width = backbone.feature_size * (2 if self.settings.aggregation == "cat" else 1)
+        if self.settings.head == "relation":
             self.head = relation_head(width)
-        elif cfg.head == "encoder_dot":  # Table 14 (b): each representation encoded again, then a dot product
+        elif self.settings.head == "encoder_dot":  # Table 14 (b): each representation encoded again, then a dot product
             self.encoder = mlp_head(backbone.feature_size, backbone.feature_size)
         self._pairs: dict[tuple, tuple[torch.Tensor, torch.Tensor] | torch.Tensor] = {}
 
+    @classmethod
+    def paper_accuracy(cls, cfg: PretrainConfig, evaluate: str) -> tuple[float, float, str] | None:
+        """The paper's cell for these settings: its numbers are for gamma = 2; a variant (labels, head,
+        aggregation) has its own table at K = 32; Table 10 holds K at 100 epochs."""
+        s, where = cfg.settings, (cfg.backbone, cfg.dataset, evaluate)
+        if s.gamma != 2:
+            return None
+        # One variant at a time against the paper's defaults, each in its own table, at K = 32.
+        variants = [(("labels", s.label_fraction), ("Table 11", "Table 12")), (("head", s.head), ("Table 14",)),
+                    (("aggregation", s.aggregation), ("Table 13",))]
+        changed = [(v, tables) for v, tables in variants if v not in (("labels", 0.0), ("head", "relation"),
+                                                                     ("aggregation", "cat"))]
+        if len(changed) > 1 or (changed and s.K != 32):
+            return None
+        if changed:
+            variant, tables = changed[0]
+            return paper.lookup(cls.PAPER, *where, (variant,), tables)
+        if where == ("conv4", "cifar10", "cifar10") and s.K in TABLE10_K and (cfg.epochs < 200 or s.K != 32):
+            return paper.lookup(cls.PAPER, *where, (("K", s.K),), ("Table 10",))
+        paper_k = 16 if (cfg.backbone, cfg.dataset) == ("resnet32", "tiny-imagenet") else 32
+        return paper.lookup(cls.PAPER, *where) if s.K == paper_k else None
+
     @property
     def views_per_image(self) -> int:
-        return self.cfg.K
+        return self.settings.K
 
     @property
     def needs_indices(self) -> bool:  # the semi-supervised variant needs to know which images are labelled
-        return self.cfg.label_fraction > 0
+        return self.settings.label_fraction > 0
 
     @property
     def needs_labels(self) -> bool:
-        return self.cfg.label_fraction > 0
+        return self.settings.label_fraction > 0
 
     def targets(self, labels: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
         """Labels of the labelled images, -1 for the others."""
-        keep = labelled(indices, self.cfg.label_fraction, self.cfg.seed)
+        keep = labelled(indices, self.settings.label_fraction, self.cfg.seed)
         return torch.where(keep, labels, torch.full_like(labels, -1))
 
     def pairs(self, M: int, K: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -179,22 +266,22 @@ class RelationalReasoning(Method):
                 anchor = all_left % M
                 rows = ((anchor >= share[0]) & (anchor < share[1])).nonzero().squeeze(1)
             all_left, all_right, targets = all_left[rows], all_right[rows], targets[rows]
-        if self.cfg.head == "relation":
-            logits = relation_scores(self.head, z, all_left, all_right, self.cfg.aggregation)
+        if self.settings.head == "relation":
+            logits = relation_scores(self.head, z, all_left, all_right, self.settings.aggregation)
         else:  # Table 14 ablations: no aggregation, a dot product scores the pair
             logits = (z.index_select(0, all_left) * z.index_select(0, all_right)).sum(dim=1)
         return logits, targets, count
 
     def forward(self, views: torch.Tensor, labels: torch.Tensor):
-        K = self.cfg.K
+        K = self.settings.K
         z = self.backbone(views)
-        if self.cfg.head == "encoder_dot":  # per view, before the gather: its BatchNorm sees each view once
+        if self.settings.head == "encoder_dot":  # per view, before the gather: its BatchNorm sees each view once
             z = self.encoder(z)
         z = gather_views(z, K)  # the global batch's views; gradients return to their workers
         M = z.shape[0] // K
-        classes = gather_detached(labels) if self.cfg.label_fraction > 0 else None
+        classes = gather_detached(labels) if self.settings.label_fraction > 0 else None
         logits, targets, count = self.relation_logits(z, M, K, classes, own_images(M))
         scale = world()[1] / count  # share sum over the global count, times N: DDP's mean is the global loss
-        loss = focal_bce_with_logits(logits, targets, self.cfg.gamma, reduction="sum") * scale
+        loss = focal_bce_with_logits(logits, targets, self.settings.gamma, reduction="sum") * scale
         correct = ((logits > 0).to(targets.dtype) == targets).sum() * scale
         return loss, {"loss": loss.detach(), "pair_acc": correct.detach()}

@@ -14,11 +14,17 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from rrdist import paper
 from rrdist.config import PretrainConfig
 from rrdist.methods.base import Method
 from rrdist.models.heads import mlp_head
 
 ROTATIONS = 4
+PAPER = paper.cells(
+    Table_2=[(56.73, 1.71), (27.45, 0.80), (18.40, 0.95), (62.00, 0.79), (29.02, 0.18), (14.73, 0.48)],
+    Table_5=[(27.45, 0.80), (35.49, 0.17), (29.02, 0.19), (40.45, 0.39)],
+    Table_9=[(26.06, 0.09), (51.86, 0.36), (31.60, 0.54), (56.85, 0.13), (27.02, 0.20), (52.22, 0.70),
+             (27.25, 0.62), (51.82, 0.58)])
 
 
 def rotations(views: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -30,6 +36,8 @@ def rotations(views: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 class RotationNet(Method):
+    PAPER = PAPER
+    metric_names = ("loss", "rotation_acc")  # rotation_acc: rotations predicted right
     augmentation = "crop_flip"
 
     def __init__(self, cfg: PretrainConfig, backbone: nn.Module, num_classes: int = 10) -> None:
@@ -41,4 +49,4 @@ class RotationNet(Method):
         logits = self.head(self.backbone(turned.contiguous(memory_format=torch.channels_last)))
         loss = F.cross_entropy(logits, targets)
         acc = (logits.argmax(dim=1) == targets).float().mean()
-        return loss, {"loss": loss.detach(), "pair_acc": acc.detach()}
+        return loss, {"loss": loss.detach(), "rotation_acc": acc.detach()}

@@ -1,4 +1,4 @@
-"""Training state in and out of checkpoints, and the run folder's final backbone."""
+"""Training state in and out of checkpoints (the final backbone file: rrdist.models.backbone_file)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,6 @@ from rrdist import atomic
 from rrdist.errors import DataError
 
 STATE_FILE = "state.pt"
-BACKBONE_FILE = "backbone.pt"
 
 
 def save_state(directory: Path, method: torch.nn.Module, optimizer: torch.optim.Optimizer, epoch: int,
@@ -40,18 +39,3 @@ def state_from_bytes(data: bytes, where: str) -> dict[str, Any]:
     except Exception as e:
         raise DataError(f"checkpoint {where}/{STATE_FILE} is unreadable ({type(e).__name__}): delete it to "
                         f"fall back to the previous one") from None
-
-
-def save_backbone(run_dir: Path, backbone: torch.nn.Module, config: dict[str, Any], epoch: int) -> Path:
-    path = Path(run_dir) / BACKBONE_FILE
-    atomic.torch_save({"backbone": backbone.state_dict(), "config": config, "epoch": epoch}, path)
-    return path
-
-
-def load_backbone_file(path: Path) -> dict[str, Any]:
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise DataError(f"{path} does not exist: finish the pretraining with `rrdist pretrain` first") from None
-    except Exception as e:
-        raise DataError(f"{path} is unreadable ({type(e).__name__}): run the pretraining again") from None

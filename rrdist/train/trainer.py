@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
@@ -11,6 +12,7 @@ from typing import Any
 
 from rrdist.config import PretrainConfig
 from rrdist.errors import ConfigError, RrdistError, TrainingError, find_user_message
+from rrdist.methods import config_from_yaml_text, method_class
 from rrdist.storage import RunFolder
 
 QUIET_RAY = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_TRAIN_ENABLE_PRINT_PATCH": "0",
@@ -52,7 +54,7 @@ def check_run_folder(cfg: PretrainConfig, run: RunFolder | Path) -> bool:
     if text is None:
         return False
     try:
-        old = PretrainConfig.from_yaml_text(text, saved)
+        old = config_from_yaml_text(text, saved)
     except RrdistError:
         raise ConfigError(f"{saved} is unreadable: choose a new --out folder") from None
     diff = cfg.differences(old)
@@ -83,12 +85,10 @@ def pretrain(cfg: PretrainConfig, address: str | None = None, log=print, callbac
         manifest = {**remote_manifest(cfg.data_uri, cfg.dataset), "dir": str(Path(cfg.root).resolve() / "ffcv" / cfg.dataset)}
     else:
         manifest = ensure_prepared(cfg.dataset, cfg.root, log=log)
-    from rrdist.methods import METHODS
-
-    METHODS[cfg.method].check_data(cfg, manifest)
+    method_class(cfg.method).check_data(cfg, manifest)
     run.write_text("config.yaml", cfg.to_yaml())
 
-    from rrdist.train.loop import FAILURE_FILE
+    from rrdist.train.epoch_log import FAILURE_FILE
 
     run.delete(FAILURE_FILE)
     init_ray(address)
@@ -123,7 +123,8 @@ def pretrain(cfg: PretrainConfig, address: str | None = None, log=print, callbac
             failure_config=FailureConfig(max_failures=cfg.max_failures),
             callbacks=callbacks or []),
     )
-    log(f"pretraining {cfg.method}/{cfg.backbone} on {cfg.dataset}, K={cfg.K}, {cfg.workers} worker(s) -> {run}")
+    own = ", ".join(f"{k}={v}" for k, v in dataclasses.asdict(cfg.settings).items())
+    log(f"pretraining {cfg.method}/{cfg.backbone} on {cfg.dataset} ({own}), {cfg.workers} worker(s) -> {run}")
     try:
         result = trainer.fit()
     except Exception as e:
@@ -139,7 +140,7 @@ def pretrain(cfg: PretrainConfig, address: str | None = None, log=print, callbac
     failure = run.read_text(FAILURE_FILE)
     if failure is not None:
         raise TrainingError(json.loads(failure)["error"])
-    from rrdist.train.checkpoint import BACKBONE_FILE
+    from rrdist.models.backbone_file import BACKBONE_FILE
 
     run.pull("config.yaml", "metrics.jsonl", BACKBONE_FILE)  # a run at a URI: evaluations read the working copy
     return PretrainResult(run.local, last_metrics(run.local) or dict(result.metrics or {}), resumed)

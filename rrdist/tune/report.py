@@ -19,7 +19,6 @@ import yaml
 
 from rrdist.errors import DataError
 from rrdist.storage import RunFolder
-from rrdist.tune.paper import paper_accuracy
 from rrdist.tune.trial import RECORD
 
 
@@ -45,11 +44,17 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
 
 
 def _paper(evaluation: str, config: dict[str, Any]) -> tuple[float, float, str] | None:
+    """The paper's number for a trial's evaluation: its method's own lookup (`Method.paper_accuracy`)."""
+    from rrdist.config import PretrainConfig
+    from rrdist.methods import METHODS, config_from_dict
+
     if evaluation not in ("linear", "linear_random"):
         return None  # the paper's tables quoted here are linear evaluations
-    method = "random" if evaluation == "linear_random" else config["method"]
-    return paper_accuracy(method, config["backbone"], config["dataset"], config["dataset"], K=config["K"],
-                          epochs=config["epochs"], gamma=config["gamma"], aggregation=config["aggregation"])
+    if evaluation == "linear_random":  # the initial weights: the untrained baseline's row
+        shared = {f.name: config[f.name] for f in PretrainConfig.shared_fields() if f.name in config}
+        config = {**shared, "method": next(name for name, m in METHODS.items() if not m.trainable)}
+    cfg = config_from_dict(config)
+    return METHODS[cfg.method].paper_accuracy(cfg, cfg.dataset)
 
 
 def summarize(sweep: dict[str, Any], trials: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -2,7 +2,7 @@
 
 ```yaml
 name: k_gamma                  # the sweep's folder name (default: the file's name)
-fixed: {dataset: cifar10, backbone: conv4, epochs: 200}   # settings shared by every trial
+fixed: {dataset: cifar10, backbone: conv4, epochs: 200}   # every trial's settings (a method's own: its trials')
 axes:                          # swept settings: grid / choice / uniform / loguniform
   K: {grid: [2, 4, 8, 16, 32]}
   gamma: {grid: [0, 1, 2, 3]}
@@ -29,6 +29,7 @@ from typing import Any
 
 from rrdist.config import PretrainConfig, read_yaml
 from rrdist.errors import ConfigError
+from rrdist.methods import METHODS, all_keys, config_from_dict, setting_owners
 
 TOP_KEYS = ("name", "fixed", "axes", "seeds", "samples", "trial", "concurrency", "scheduler", "evaluations",
             "per_method")
@@ -79,13 +80,15 @@ class SweepSpec:
         gpus = float(self.trial.get("gpus_per_worker", 0) or 0)
         values = self.settings(values)
         method = values.get("method", self.fixed.get("method", PretrainConfig.method))
-        data = {**self.fixed, **self.per_method.get(method, {}), **values,
+        owners = setting_owners()  # a fixed setting of some methods applies to their trials only
+        fixed = {k: v for k, v in self.fixed.items() if k not in owners or method in owners[k]}
+        data = {**fixed, **self.per_method.get(method, {}), **values,
                 "seed": seed, "root": root, "out": out, **({"data_uri": data_uri} if data_uri else {}),
                 "workers": self.trial.get("workers", 1), "cpus_per_worker": self.trial.get("cpus_per_worker", 1),
                 "use_gpu": gpus > 0, "gpus_per_worker": gpus if gpus > 0 else 1.0}
         if "loader_workers" in self.trial:
             data["loader_workers"] = self.trial["loader_workers"]
-        return PretrainConfig.from_dict(data, source=self.source)
+        return config_from_dict(data, source=self.source)
 
     def grid_points(self) -> list[dict[str, Any]]:
         """Every combination of the grid axes (random axes take their first value), for checks."""
@@ -116,7 +119,7 @@ def parse(data: Any, source: str = "space", default_name: str = "sweep") -> Swee
     for key in data:
         if key not in TOP_KEYS:
             _fail(source, key, f"is not a search-space key: use {', '.join(TOP_KEYS)}")
-    config_keys = [f.name for f in fields(PretrainConfig)]
+    config_keys = all_keys()
 
     fixed = data.get("fixed") or {}
     if not isinstance(fixed, dict):
@@ -168,8 +171,6 @@ def parse(data: Any, source: str = "space", default_name: str = "sweep") -> Swee
     per_method = data.get("per_method") or {}
     if not isinstance(per_method, dict):
         _fail(source, "per_method", "must be a mapping of method: {setting: value}")
-    from rrdist.methods import METHODS
-
     for method, settings in per_method.items():
         if method not in METHODS:
             _fail(source, f"per_method.{method}", f"is not a method: use {', '.join(sorted(METHODS))}")
@@ -177,8 +178,9 @@ def parse(data: Any, source: str = "space", default_name: str = "sweep") -> Swee
             _fail(source, f"per_method.{method}", "must be a mapping of settings")
         for key in settings:
             where = f"per_method.{method}.{key}"
-            if key not in config_keys or key == "method":
-                _fail(source, where, "is not a setting a method's trials can change")
+            if key == "method" or key not in {f.name for f in PretrainConfig.shared_fields()} | {
+                    f.name for f in fields(METHODS[method].Settings)}:
+                _fail(source, where, f"is not a setting {method}'s trials can change")
             if key in NOT_SWEEPABLE:
                 _fail(source, where, "is set by the sweep itself (see 'trial', 'seeds' and --root)")
             if key in axes:
@@ -218,8 +220,9 @@ def parse(data: Any, source: str = "space", default_name: str = "sweep") -> Swee
             scheduler[key] = ASHA_KEYS[key](value)
         if scheduler["mode"] not in ("min", "max"):
             _fail(source, "scheduler.asha.mode", "must be min or max")
-        if scheduler["metric"] not in ("loss", "pair_acc"):
-            _fail(source, "scheduler.asha.metric", "must be a per-epoch metric: loss or pair_acc")
+        metrics = epoch_metric_names()
+        if scheduler["metric"] not in metrics:
+            _fail(source, "scheduler.asha.metric", f"must be a per-epoch metric: {', '.join(metrics)}")
     elif scheduler_raw != "fifo":
         _fail(source, "scheduler", "must be fifo or {asha: {...}}")
 
@@ -242,12 +245,23 @@ def parse(data: Any, source: str = "space", default_name: str = "sweep") -> Swee
     spec = SweepSpec(name=str(data.get("name") or default_name), fixed=fixed, axes=axes, seeds=seed_list,
                      samples=samples, trial=trial, concurrency=concurrency, scheduler=scheduler,
                      evaluations=evaluations, per_method=per_method, source=source)
+    methods = set()
     for point in spec.grid_points():  # every grid point must be a valid run
         try:
-            spec.trial_config(point, seed_list[0], root="data", out="runs/x").validate()
+            methods.add(spec.trial_config(point, seed_list[0], root="data", out="runs/x").validate().method)
         except ConfigError as e:
             raise ConfigError(f"{source}: the point {point} is invalid: {e}") from None
+    owners = setting_owners()
+    for key in fixed:  # a method's setting must reach at least one trial, or it is a mistake
+        if key in owners and not methods & set(owners[key]):
+            _fail(source, f"fixed.{key}", f"is a setting of {', '.join(owners[key])}, which this sweep does not run")
     return spec
+
+
+def epoch_metric_names() -> list[str]:
+    """What every epoch reports that a scheduler can act on: the methods' metrics and the probe's."""
+    names = {n: None for method in METHODS.values() for n in method.metric_names}
+    return [*names, "probe_acc"]
 
 
 def load(path: str | Path) -> SweepSpec:

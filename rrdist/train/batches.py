@@ -1,0 +1,80 @@
+"""What each training step consumes: the loader's images turned into the method's views.
+
+An image's views are keyed by (seed, epoch, image index, view index), whatever the worker count;
+the method's shared draws (negatives, prior samples) come from its generator, reseeded every step
+with (seed, epoch, step) on every rank.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable, Iterator, NamedTuple
+
+import torch
+
+
+class Batch(NamedTuple):
+    views: torch.Tensor  # [K * M, C, H, W], view-major
+    targets: torch.Tensor  # [M]: what the method trains on (labels, pseudo-labels, -1 for unlabelled)
+    labels: torch.Tensor  # [M]: the dataset's labels (the online probe's targets)
+    indices: torch.Tensor  # [M]: training-image indices, on the host
+
+
+class ViewBatches:
+    def __init__(self, loader, augment: Callable, K: int, seed: int, device: torch.device,
+                 generator: torch.Generator | None = None, targets: Callable | None = None,
+                 precision: str = "fp32") -> None:
+        self.loader, self.augment, self.K, self.seed, self.device = loader, augment, K, seed, device
+        self.generator, self.targets, self.precision = generator, targets, precision
+
+    def epoch(self, epoch: int) -> Iterator[Batch]:
+        """The epoch's batches (`epoch` counts from 0); lazily, so each step's reseed precedes its forward."""
+        from rrdist.data.keyed import ImageDraws, step_seed
+
+        for step, (images, labels, indices) in enumerate(self.loader):
+            if self.generator is not None:
+                self.generator.manual_seed(step_seed(self.seed, epoch, step))
+            images = images.to(self.device, non_blocking=True)
+            labels = labels.to(self.device, non_blocking=True)
+            targets = labels if self.targets is None else self.targets(labels, indices.to(self.device, non_blocking=True))
+            views = self.augment(images, self.K, ImageDraws(self.seed, epoch, indices))
+            yield Batch(views.double() if self.precision == "fp64" else views, targets, labels, indices)
+
+
+class TrainingImages:
+    """The un-augmented training images, for methods that look at all of them (DeepCluster)."""
+
+    def __init__(self, data: dict[str, Any], device: torch.device) -> None:
+        self.data, self.device = data, device
+
+    @property
+    def count(self) -> int:
+        from ffcv.reader import Reader
+
+        return int(Reader(str(self.data["train"])).num_samples)
+
+    def features(self, backbone: torch.nn.Module) -> torch.Tensor:
+        """Features [N, D] of every training image in file order (eval mode, no augmentation)."""
+        from rrdist.data.features import extract
+
+        was_training = backbone.training
+        try:
+            return extract(backbone, Path(self.data["train"]), self.data, self.device)[0]
+        finally:
+            backbone.train(was_training)
+
+
+def build_augment(kind: str, data: dict[str, Any]):
+    """The views a method trains on, with the dataset's image size and normalisation."""
+    from rrdist.data.augment import KViewAugment
+    from rrdist.data.crop_flip import CropFlip
+
+    kinds = {"kview": KViewAugment, "crop_flip": CropFlip}
+    return kinds[kind](data["image_size"], tuple(data["mean"]), tuple(data["std"]))
+
+
+def set_kernel_threads(n: int) -> None:
+    """The fused CPU augmentation kernel uses numba's thread pool: keep it to this worker's CPUs."""
+    import numba
+
+    numba.set_num_threads(max(1, min(n, numba.config.NUMBA_NUM_THREADS)))

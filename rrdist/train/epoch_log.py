@@ -1,0 +1,96 @@
+"""An epoch's figures: gathered over the workers, checked, logged (rank 0) and reported to Ray."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from rrdist.storage import RunFolder
+from rrdist.train.step import EpochSums
+
+FAILURE_FILE = "failure.json"  # a failure no restart can fix, for the driver to report
+
+
+def epoch_metrics(sums: EpochSums, probe, elapsed: float, world: int, epoch: int) -> tuple[dict[str, Any], bool]:
+    """The epoch's global figures (all workers' sums, the slowest worker's time), and whether every
+    step's loss was finite: one host sync."""
+    probe_sums = probe.take_accuracy() if probe is not None else None
+    if world > 1:
+        torch.distributed.all_reduce(sums.sums)  # global metrics, not rank 0's share
+        if probe_sums is not None:
+            torch.distributed.all_reduce(probe_sums)
+        slowest = torch.tensor([elapsed], dtype=torch.float64, device=sums.sums.device)
+        torch.distributed.all_reduce(slowest, op=torch.distributed.ReduceOp.MAX)
+        elapsed = float(slowest)
+    totals = sums.totals()
+    metrics = {"epoch": epoch, **{name: totals[name] for name in sums.names},
+               "views_per_s": totals["views"] / max(elapsed, 1e-9), "epoch_time_s": elapsed,
+               "steps": int(totals["steps"]) // world}
+    if probe_sums is not None:
+        correct, counted = probe_sums.tolist()
+        metrics["probe_acc"] = correct / max(counted, 1.0)
+    return metrics, totals["nonfinite"] == 0
+
+
+class EpochLog:
+    """Rank 0's TensorBoard events, metrics.jsonl and epoch line; every rank's report to Ray."""
+
+    LOGGED = ("epoch", "steps")  # kept in metrics.jsonl, not drawn in TensorBoard
+
+    def __init__(self, run: RunFolder, rank: int, epochs: int) -> None:
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.run, self.rank, self.epochs = run, rank, epochs
+        if rank == 0 and run.remote:  # the URI holds the earlier events; this writer adds a file of its own
+            shutil.rmtree(run.local / "tb", ignore_errors=True)
+            run.pull("metrics.jsonl")
+        self.writer = SummaryWriter(str(run.local / "tb")) if rank == 0 else None
+
+    def diverged(self, epoch: int) -> None:
+        """A loss that became NaN or infinite ends the run (not retried: the same data would diverge again)."""
+        if self.rank == 0:
+            self.run.write_text(FAILURE_FILE, json.dumps({"error": (
+                f"the loss became NaN or infinite in epoch {epoch}: lower --lr or check the data; "
+                f"the last good checkpoint in {self.run} is kept")}))
+        self.close()
+
+    def write(self, metrics: dict[str, Any]) -> None:
+        if self.writer is None:
+            return
+        done = metrics["epoch"]
+        for key, value in metrics.items():
+            if key not in self.LOGGED:
+                self.writer.add_scalar(f"pretrain/{key}", value, done)
+        self.writer.flush()
+        with open(self.run.local / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(metrics) + "\n")
+        self.run.push("metrics.jsonl", "tb")
+        shown = " ".join(f"{k.replace('_', '-')} {v:.4g}" for k, v in metrics.items()
+                         if k not in self.LOGGED and k not in ("views_per_s", "epoch_time_s"))
+        print(f"epoch {done}/{self.epochs} {shown} {metrics['views_per_s']:.0f} views/s")
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+def report(metrics: dict[str, Any], state: dict[str, Any] | None, rank: int) -> None:
+    """ray.train.report on every rank; with `state` (a checkpoint epoch), rank 0 attaches its checkpoint."""
+    import ray.train
+
+    from rrdist.train.checkpoint import save_state
+
+    if state is None:
+        ray.train.report(metrics)
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        ckpt = None
+        if rank == 0:
+            save_state(Path(tmp), **state)
+            ckpt = ray.train.Checkpoint.from_directory(tmp)
+        ray.train.report(metrics, checkpoint=ckpt, checkpoint_dir_name=f"epoch_{metrics['epoch']:04d}")

@@ -1,0 +1,64 @@
+"""A worker's training objects: the method on its device, its optimizer, resumed, wrapped for DDP."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from rrdist.config import PretrainConfig
+from rrdist.storage import RunFolder
+
+
+def build_training(cfg: PretrainConfig, num_classes: int, run: RunFolder, rank: int, world: int,
+                   device: torch.device) -> tuple[Any, torch.nn.Module, torch.optim.Optimizer | None, int]:
+    """(method, the model to call (DDP-wrapped when needed), optimizer, first epoch to train)."""
+    import ray.train
+    import ray.train.torch
+
+    from rrdist.collective import convert_global_batchnorm
+    from rrdist.methods import build_method
+    from rrdist.train.resume import resume_state
+
+    torch.manual_seed(cfg.seed)  # identical initial weights on every rank
+    method = build_method(cfg, num_classes)
+    method = method.to(memory_format=torch.channels_last)  # the views come channels-last too
+    if cfg.precision == "fp64":  # float64 throughout: what two data-parallel layouts compute, without rounding noise
+        method = method.double()
+    if cfg.sync_bn and world > 1:  # BatchNorm over the global batch, as one process would compute it
+        convert_global_batchnorm(method)  # in place: parameters, buffers and checkpoint keys unchanged
+    optimizer = method.configure_optimizer() if method.trainable else None
+    start_epoch = 0
+    state = resume_state(ray.train.get_checkpoint(), run, announce=rank == 0)
+    if state is not None:
+        method.load_state_dict(state["method"])
+        if optimizer is not None:
+            optimizer.load_state_dict(state["optimizer"])
+        start_epoch = int(state["epoch"])
+    if cfg.compile:
+        method.backbone.compile()  # in place: parameter names (and checkpoints) stay as they are
+    # Global BatchNorm keeps every worker's running statistics equal: no need for DDP to broadcast them.
+    ddp = {no_buffer_broadcast(): False} if cfg.sync_bn else {}
+    distributed = (world > 1 or cfg.use_gpu) and method.trainable
+    model = ray.train.torch.prepare_model(method, parallel_strategy_kwargs=ddp) if distributed else method
+    if optimizer is not None:
+        optimizer_to(optimizer, device)
+    return method, model, optimizer, start_epoch
+
+
+def no_buffer_broadcast() -> str:
+    """DDP's option that stops the per-step broadcast of rank 0's buffers (renamed in torch 2.15)."""
+    import inspect
+
+    from torch.nn.parallel import DistributedDataParallel
+
+    names = inspect.signature(DistributedDataParallel.__init__).parameters
+    return "forward_sync_buffers" if "forward_sync_buffers" in names else "broadcast_buffers"
+
+
+def optimizer_to(optimizer: torch.optim.Optimizer, device: torch.device) -> None:
+    """Move optimizer state loaded on the CPU to the training device."""
+    for state in optimizer.state.values():
+        for k, v in state.items():
+            if isinstance(v, torch.Tensor) and k != "step":
+                state[k] = v.to(device)

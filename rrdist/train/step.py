@@ -1,0 +1,63 @@
+"""The training step and the epoch around it, with sums kept on the device (no per-step host sync)."""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+import torch
+
+from rrdist.train.batches import Batch
+
+
+class TrainStep:
+    """forward, backward, optimizer step; then the online probe (if any) on the step's features."""
+
+    def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, precision: str = "fp32",
+                 probe=None) -> None:
+        self.model, self.optimizer, self.probe = model, optimizer, probe
+        self.bf16 = precision == "bf16"
+
+    def __call__(self, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        with torch.autocast(batch.views.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+            loss, metrics = self.model(batch.views, batch.targets)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        if self.probe is not None:
+            self.probe.step(batch.labels)
+        return loss, metrics
+
+
+class EpochSums:
+    """The epoch's sums on the device: the method's metrics, then steps, non-finite losses and views."""
+
+    def __init__(self, names: tuple[str, ...], device: torch.device) -> None:
+        self.names = tuple(names)
+        self.sums = torch.zeros(len(self.names) + 3, dtype=torch.float64, device=device)
+
+    def add(self, loss: torch.Tensor, metrics: dict[str, torch.Tensor], views: int) -> None:
+        for i, name in enumerate(self.names):
+            self.sums[i] += metrics[name]
+        n = len(self.names)
+        self.sums[n] += 1
+        self.sums[n + 1] += ~torch.isfinite(loss.detach())
+        self.sums[n + 2] += views
+
+    def totals(self) -> dict[str, float]:
+        """Read once (the epoch's host sync): each metric's mean per step, and steps, nonfinite, views."""
+        values = self.sums.tolist()
+        steps = values[len(self.names)]
+        out = {name: values[i] / max(steps, 1.0) for i, name in enumerate(self.names)}
+        return {**out, "steps": steps, "nonfinite": values[-2], "views": values[-1]}
+
+
+def train_epoch(step: TrainStep, batches: Iterable[Batch], sums: EpochSums, hook=None) -> EpochSums:
+    """One pass over the batches; `hook` (tests only, `rrdist.train.hooks`) sees each step."""
+    for i, batch in enumerate(batches):
+        if hook is not None:
+            batch = hook.before_step(i, batch)
+        loss, metrics = step(batch)
+        sums.add(loss, metrics, batch.views.shape[0])
+        if hook is not None:
+            hook.after_step(i, batch, metrics)
+    return sums
