@@ -64,7 +64,8 @@ def _add_pretrain_flags(pre: argparse.ArgumentParser) -> None:
     shared = pre.add_argument_group("settings of every run")
     for f in PretrainConfig.shared_fields():
         extra = f"; one of {choices[f.name]}" if f.name in choices else ""
-        _add_flag(shared, f, f"{help_of(f)}{extra} (default: {f.default})")
+        default = f.default if f.name != "method" else next(iter(METHODS))
+        _add_flag(shared, f, f"{help_of(f)}{extra} (default: {default})")
     owners = setting_owners()
     declared = {}  # a setting's first declaration gives its help
     for method in METHODS.values():

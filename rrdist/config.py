@@ -66,7 +66,7 @@ class PretrainConfig:
     (`to_dict`: these fields and the method's side by side), as in config.yaml and search spaces.
     """
     # what to learn
-    method: str = setting("relational", "pretraining method")
+    method: str = setting("", "pretraining method")  # "": the registry's first (rrdist.methods)
     dataset: str = setting("cifar10", "dataset name (rrdist data list)")
     root: str = setting("data", "data folder; .beton files live in ROOT/ffcv/")
     data_uri: str = setting("", "shared copy of ROOT (file://, s3://, gs://): each node stages it into ROOT once")

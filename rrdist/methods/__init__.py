@@ -54,7 +54,7 @@ def all_keys() -> list[str]:
 def config_from_dict(data: dict[str, Any], source: str = "configuration") -> PretrainConfig:
     """A run configuration from its flat form; a key of no method, or of another method, is refused."""
     shared = {f.name for f in PretrainConfig.shared_fields()}
-    method = str(data.get("method", PretrainConfig.method))
+    method = str(data.get("method") or next(iter(METHODS)))  # the registry's first is the default
     settings_type = method_class(method).Settings
     own = {f.name for f in fields(settings_type)}
     owners = setting_owners()
@@ -67,7 +67,7 @@ def config_from_dict(data: dict[str, Any], source: str = "configuration") -> Pre
         raise ConfigError(f"unknown key '{key}' in {source}: valid keys are {', '.join(all_keys())}")
     settings = settings_type(**typed_values(settings_type, {k: v for k, v in data.items() if k in own}, source))
     values = typed_values(PretrainConfig, {k: v for k, v in data.items() if k in shared}, source)
-    return PretrainConfig(**values, settings=settings)
+    return PretrainConfig(**{**values, "method": method}, settings=settings)
 
 
 def make_config(**values: Any) -> PretrainConfig:

@@ -79,7 +79,7 @@ class SweepSpec:
                      data_uri: str | None = None) -> PretrainConfig:
         gpus = float(self.trial.get("gpus_per_worker", 0) or 0)
         values = self.settings(values)
-        method = values.get("method", self.fixed.get("method", PretrainConfig.method))
+        method = values.get("method", self.fixed.get("method")) or next(iter(METHODS))
         owners = setting_owners()  # a fixed setting of some methods applies to their trials only
         fixed = {k: v for k, v in self.fixed.items() if k not in owners or method in owners[k]}
         data = {**fixed, **self.per_method.get(method, {}), **values,
