@@ -60,7 +60,7 @@ def check_run_folder(cfg: PretrainConfig, run: RunFolder | Path) -> bool:
     diff = cfg.differences(old)
     if diff:
         k = diff[0]
-        raise ConfigError(f"{run} holds a run with {k}={getattr(old, k)!r} (now {getattr(cfg, k)!r}): "
+        raise ConfigError(f"{run} holds a run with {k}={old.value(k)!r} (now {cfg.value(k)!r}): "
                           f"use the same settings to resume it, or choose a new --out folder")
     return True
 
