@@ -90,13 +90,15 @@ class PretrainConfig:
     compile: bool = setting(False, "torch.compile the backbone (a one-off compile of 10-60 s per worker)")
     online_probe: bool = setting(False, "train a linear classifier on detached features alongside; "
                                         "logs probe_acc per epoch")
+    knn_every: int = setting(0, "every N epochs, score held-out images by a weighted kNN over a labelled subset's "
+                                "features (knn_acc; a scheduler can use it); 0: never")
     out: str = setting("runs/run", "run folder: a path (local or shared filesystem) or a bucket URI (s3://, gs://, ...)")
     settings: Any = field(default=None, metadata={"help": None})  # the method's own; not a flag of its own
 
     # Fields that may change when a run is resumed: they do not change what is learned.
     # The worker count is one of them: the same global batch, pairs and views on any number of workers.
     RESUMABLE = ("epochs", "checkpoint_every", "loader_workers", "cpus_per_worker", "gpus_per_worker", "max_failures",
-                 "root", "data_uri", "out", "compile", "online_probe", "workers", "use_gpu")
+                 "root", "data_uri", "out", "compile", "online_probe", "workers", "use_gpu", "knn_every")
 
     @classmethod
     def shared_fields(cls) -> list:
@@ -117,6 +119,8 @@ class PretrainConfig:
         need(self.loader_workers >= 1, f"loader workers must be at least 1 (got {self.loader_workers})")
         need(self.checkpoint_every >= 1, f"checkpoint interval must be at least 1 epoch (got {self.checkpoint_every})")
         need(self.max_failures >= 0, f"max failures must be >= 0 (got {self.max_failures})")
+        need(self.knn_every >= 0, f"kNN interval must be >= 0 epochs (got {self.knn_every}): pass --knn-every 0 "
+                                  f"to turn it off")
         need(self.precision in PRECISIONS, f"unknown precision '{self.precision}': choose one of {', '.join(PRECISIONS)}")
         self._check_split()
         if self.settings is not None:

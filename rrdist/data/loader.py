@@ -48,12 +48,13 @@ def _global_batch_traversal(batch_size: int, seed: int, rank: int, workers: int)
 
 def image_loader(path: str | Path, batch_size: int, *, train: bool, num_workers: int = 1, seed: int = 0,
                  rank: int = 0, workers: int = 1, device: torch.device | None = None,
-                 drop_last: bool | None = None, indices: bool = False):
+                 drop_last: bool | None = None, indices: bool = False, subset=None):
     """An FFCV Loader over a .beton: for training the global-batch order (`global_batch_order`:
     `batch_size` is the global batch, each of `workers` workers reads its share of it), otherwise
     sequential.
 
-    With `indices=True` each batch also carries the images' positions in the split (file order).
+    With `indices=True` each batch also carries the images' positions in the split (file order);
+    `subset` (positions) reads only those images.
     """
     from ffcv.fields.decoders import IntDecoder, SimpleRGBImageDecoder
     from ffcv.loader import Loader, OrderOption
@@ -76,13 +77,21 @@ def image_loader(path: str | Path, batch_size: int, *, train: bool, num_workers:
             str(path), batch_size=batch_size // workers if train else batch_size, num_workers=num_workers,
             order=_global_batch_traversal(batch_size, seed, rank, workers) if train else OrderOption.SEQUENTIAL,
             os_cache=True, drop_last=train if drop_last is None else drop_last,
-            pipelines={"image": image, "label": label, "index": index}, seed=seed, batches_ahead=3)
+            pipelines={"image": image, "label": label, "index": index}, seed=seed, batches_ahead=3,
+            **({"indices": list(map(int, subset))} if subset is not None else {}))
     except Exception as e:  # FFCV raises assorted errors on unreadable files
         raise DataError(f"cannot read {path} ({type(e).__name__}: {first_line(e)}): "
                         f"it may be corrupt, run `rrdist data prepare ... --force`") from None
     finally:
         torch.set_num_threads(threads)  # FFCV's Loader changes the process-wide thread count
     return Batches(loader, indices)
+
+
+def split_size(path: str | Path) -> int:
+    """The number of images in a .beton."""
+    from ffcv.reader import Reader
+
+    return int(Reader(str(path)).num_samples)
 
 
 class Batches:

@@ -20,6 +20,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     from rrdist.train.batches import TrainingImages, ViewBatches, build_augment, set_kernel_threads
     from rrdist.train.epoch_log import EpochLog, epoch_metrics, report
     from rrdist.train.hooks import StepHook
+    from rrdist.train.knn import KnnMonitor
     from rrdist.train.logs import quiet_ray_logs
     from rrdist.train.probe import OnlineProbe
     from rrdist.train.setup import build_training
@@ -44,6 +45,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     probe = OnlineProbe(method.backbone, method.backbone.feature_size, data["num_classes"], device) \
         if cfg.online_probe else None
     step = TrainStep(model, optimizer, cfg.precision, probe)
+    knn = KnnMonitor(data, device, cfg.seed) if cfg.knn_every else None
     hook = StepHook.from_loop_config(loop_config, rank, run.local)
     log = EpochLog(run, rank, cfg.epochs)
     announce(cfg, method, start, rank)
@@ -60,6 +62,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         if not finite:
             return log.diverged(epoch + 1)
         metrics.update(method.epoch_metrics())
+        if knn is not None and ((epoch + 1) % cfg.knn_every == 0 or epoch + 1 == cfg.epochs):
+            metrics["knn_acc"] = knn.accuracy(method.backbone)
         log.write(metrics)
         due = (epoch + 1) % cfg.checkpoint_every == 0 or epoch + 1 == cfg.epochs
         report(metrics, dict(method=method, optimizer=optimizer, epoch=epoch + 1, config=cfg.to_dict()) if due else None,

@@ -86,6 +86,8 @@ def pretrain(cfg: PretrainConfig, address: str | None = None, log=print, callbac
     else:
         manifest = ensure_prepared(cfg.dataset, cfg.root, log=log)
     method_class(cfg.method).check_data(cfg, manifest)
+    if cfg.knn_every and "test" not in manifest["splits"]:
+        raise ConfigError(f"--knn-every scores held-out images, and {cfg.dataset} has no test split: drop --knn-every")
     run.write_text("config.yaml", cfg.to_yaml())
 
     from rrdist.train.epoch_log import FAILURE_FILE
@@ -103,7 +105,8 @@ def pretrain(cfg: PretrainConfig, address: str | None = None, log=print, callbac
         "config": cfg.to_dict(), "run": run.location,
         # The split pretraining reads (STL-10: the unlabeled images), and the labelled one for methods using labels.
         "data": {"train": str(split_path(manifest, manifest.get("pretrain_split", "train"))),
-                 "labelled": str(split_path(manifest, "train")), "image_size": manifest["image_size"],
+                 "labelled": str(split_path(manifest, "train")), "test": str(split_path(manifest, "test")) if "test" in manifest["splits"] else None,
+                 "image_size": manifest["image_size"],
                  "mean": manifest["mean"], "std": manifest["std"], "uri": cfg.data_uri,
                  "num_classes": manifest["num_classes"],
                  "dataset": cfg.dataset, "root": str(Path(cfg.root).resolve())},

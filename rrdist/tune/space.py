@@ -261,7 +261,7 @@ def parse(data: Any, source: str = "space", default_name: str = "sweep") -> Swee
 def epoch_metric_names() -> list[str]:
     """What every epoch reports that a scheduler can act on: the methods' metrics and the probe's."""
     names = {n: None for method in METHODS.values() for n in method.metric_names}
-    return [*names, "probe_acc"]
+    return [*names, "probe_acc", "knn_acc"]
 
 
 def load(path: str | Path) -> SweepSpec:
