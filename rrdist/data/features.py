@@ -7,6 +7,8 @@ from typing import Any
 
 import torch
 
+from rrdist.progress import Progress
+
 
 @torch.no_grad()
 def extract(backbone: torch.nn.Module, beton: Path, manifest: dict[str, Any], device: torch.device,
@@ -20,7 +22,10 @@ def extract(backbone: torch.nn.Module, beton: Path, manifest: dict[str, Any], de
     backbone = backbone.to(device).eval()
     dtype = next(backbone.parameters()).dtype  # float64 in a --precision fp64 pretraining
     feats, labels = [], []
-    for images, y in loader:
+    progress = Progress(f"features of {Path(beton).name}", len(loader), unit="batches")
+    for i, (images, y) in enumerate(loader):
         feats.append(backbone(prep.plain(images.to(device)).to(dtype)).float().cpu())
         labels.append(y.cpu())
+        progress.update(i + 1)
+    progress.close()
     return torch.cat(feats), torch.cat(labels)

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from rrdist import atomic
+from rrdist.progress import Progress
 
 
 @dataclass
@@ -100,7 +101,9 @@ def evaluate_finetune(run_dir: str | Path, dataset: str | None = None, root: str
     train = image_loader(split_path(manifest, "train"), settings.batch_size, train=True, seed=settings.seed,
                          device=dev)
     start = time.perf_counter()
+    progress = Progress("finetuning", settings.epochs, unit="epochs")
     for epoch in range(settings.epochs):
+        progress.update(epoch, loss=float(loss) if epoch else "-")
         for group in optimizer.param_groups:
             group["lr"] = step_lr(group["base"], epoch, settings.epochs)
         backbone.train()
@@ -110,6 +113,8 @@ def evaluate_finetune(run_dir: str | Path, dataset: str | None = None, root: str
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+    progress.update(settings.epochs, loss=float(loss))
+    progress.close()
     backbone.eval()
     correct = total = 0
     with torch.no_grad():

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from rrdist import atomic
+from rrdist.progress import Progress
 
 
 @dataclass
@@ -41,8 +42,10 @@ def fit_linear(train_x: torch.Tensor, train_y: torch.Tensor, num_classes: int, s
     opt = torch.optim.Adam([weight, bias], lr=settings.lr, foreach=True)
     x, y = train_x.to(device), train_y.to(device)
     n = len(y)
+    progress = Progress("linear evaluation", settings.epochs, unit="epochs")
     with torch.no_grad():
-        for _ in range(settings.epochs):
+        for epoch in range(settings.epochs):
+            progress.update(epoch)
             order = torch.randperm(n, generator=g).to(device)
             for start in range(0, n, settings.batch_size):
                 idx = order[start:start + settings.batch_size]
@@ -53,6 +56,8 @@ def fit_linear(train_x: torch.Tensor, train_y: torch.Tensor, num_classes: int, s
                 weight.grad = err.t().mm(xb)
                 bias.grad = err.sum(0)
                 opt.step()
+    progress.update(settings.epochs)
+    progress.close()
     return clf
 
 

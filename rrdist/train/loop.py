@@ -5,27 +5,26 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import ray.train
+import ray.train.torch
 import torch
 
+from rrdist.data.loader import image_loader
+from rrdist.methods import config_from_dict
+from rrdist.models.backbone_file import BACKBONE_FILE, save_backbone
+from rrdist.progress import Progress
 from rrdist.storage import RunFolder
+from rrdist.train.batches import TrainingImages, ViewBatches, build_augment, set_kernel_threads
+from rrdist.train.epoch_log import EpochLog, epoch_metrics, report
+from rrdist.train.hooks import StepHook
+from rrdist.train.knn import KnnMonitor
+from rrdist.train.logs import quiet_ray_logs
+from rrdist.train.probe import OnlineProbe
+from rrdist.train.setup import build_training
+from rrdist.train.step import EpochSums, TrainStep, train_epoch
 
 
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
-    import ray.train
-    import ray.train.torch
-
-    from rrdist.data.loader import image_loader
-    from rrdist.methods import config_from_dict
-    from rrdist.models.backbone_file import BACKBONE_FILE, save_backbone
-    from rrdist.train.batches import TrainingImages, ViewBatches, build_augment, set_kernel_threads
-    from rrdist.train.epoch_log import EpochLog, epoch_metrics, report
-    from rrdist.train.hooks import StepHook
-    from rrdist.train.knn import KnnMonitor
-    from rrdist.train.logs import quiet_ray_logs
-    from rrdist.train.probe import OnlineProbe
-    from rrdist.train.setup import build_training
-    from rrdist.train.step import EpochSums, TrainStep, train_epoch
-
     quiet_ray_logs()
     cfg, run, data = config_from_dict(loop_config["config"]), RunFolder(loop_config["run"]), loop_config["data"]
     ctx = ray.train.get_context()
@@ -55,7 +54,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         began = time.perf_counter()
         if hook is not None:
             hook.start_epoch(epoch)
-        sums = train_epoch(step, batches.epoch(epoch), EpochSums(method.metric_names, device), hook)
+        progress = Progress(f"epoch {epoch + 1}/{cfg.epochs}", len(loader)) if rank == 0 else None
+        sums = train_epoch(step, batches.epoch(epoch), EpochSums(method.metric_names, device), hook, progress)
         if hook is not None:
             hook.end_epoch()
         metrics, finite = epoch_metrics(sums, probe, time.perf_counter() - began, world, epoch + 1)

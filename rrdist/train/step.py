@@ -51,13 +51,20 @@ class EpochSums:
         return {**out, "steps": steps, "nonfinite": values[-2], "views": values[-1]}
 
 
-def train_epoch(step: TrainStep, batches: Iterable[Batch], sums: EpochSums, hook=None) -> EpochSums:
-    """One pass over the batches; `hook` (tests only, `rrdist.train.hooks`) sees each step."""
+def train_epoch(step: TrainStep, batches: Iterable[Batch], sums: EpochSums, hook=None, progress=None) -> EpochSums:
+    """One pass over the batches; `hook` (tests only, `rrdist.train.hooks`) sees each step;
+    `progress` (`rrdist.progress.Progress`) shows the running figures, reading the device only then."""
+    views = 0
     for i, batch in enumerate(batches):
         if hook is not None:
             batch = hook.before_step(i, batch)
         loss, metrics = step(batch)
         sums.add(loss, metrics, batch.views.shape[0])
+        views += batch.views.shape[0]
         if hook is not None:
             hook.after_step(i, batch, metrics)
+        if progress is not None and progress.due(i + 1):
+            progress.update(i + 1, loss=float(sums.sums[0]) / (i + 1), views_per_s=views / progress.elapsed)
+    if progress is not None:
+        progress.close()
     return sums
