@@ -20,7 +20,7 @@ QUIET = dict(log=lambda *a: None)
 def run(digits_root, tmp_path_factory):
     out = tmp_path_factory.mktemp("runs") / "digits-conv4-k3"
     cfg = make_config(dataset="digits", root=str(digits_root), backbone="conv4", K=3, batch_size=32,
-                         epochs=2, workers=2, checkpoint_every=1, out=str(out))
+                         epochs=2, workers=2, checkpoint_every=1, knn_every=2, out=str(out))
     result = pretrain(cfg, **QUIET)
     return cfg, result
 
@@ -58,8 +58,22 @@ def test_fit_writes_checkpoints_events_and_backbone(run):
     assert config_from_yaml(run_dir / "config.yaml") == cfg
     loss = scalars(run_dir, "pretrain/loss")
     assert sorted(loss) == [1, 2] and all(v > 0 for v in loss.values())
+    # the kNN monitor ran at epoch 2 only (every 2 epochs), over both workers' shares
+    assert sorted(scalars(run_dir, "pretrain/knn_acc")) == [2] and 0.2 < result.metrics["knn_acc"] <= 1.0
     assert sorted(scalars(run_dir, "pretrain/views_per_s")) == [1, 2]
     assert epochs_logged(run_dir) == [1, 2]
+
+
+def test_tensorboard_shows_training_images_with_their_views(run):
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+
+    cfg, result = run
+    pictures = [v for f in (result.run_dir / "tb").iterdir() for e in EventFileLoader(str(f)).Load()
+                for v in e.summary.value if v.tag == "pretrain/views"]
+    assert len(pictures) == 1
+    width, height = (int(x) for x in pictures[0].tensor.string_val[:2])
+    # 8 images per row: the image, then its K = 3 views, 32-pixel tiles with 2-pixel padding
+    assert (width, height) == (2 + 4 * 34, 2 + 8 * 34)
 
 
 def test_rerun_resumes_from_the_last_checkpoint(run):

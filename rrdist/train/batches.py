@@ -26,6 +26,8 @@ class ViewBatches:
                  precision: str = "fp32") -> None:
         self.loader, self.augment, self.K, self.seed, self.device = loader, augment, K, seed, device
         self.generator, self.targets, self.precision = generator, targets, precision
+        self.sample: tuple[torch.Tensor, torch.Tensor] | None = None  # see `keep_sample`
+        self.keep_sample = False  # True: keep a few images of the first batch and their views, for a picture
 
     def epoch(self, epoch: int) -> Iterator[Batch]:
         """The epoch's batches (`epoch` counts from 0); lazily, so each step's reseed precedes its forward."""
@@ -38,7 +40,16 @@ class ViewBatches:
             labels = labels.to(self.device, non_blocking=True)
             targets = labels if self.targets is None else self.targets(labels, indices.to(self.device, non_blocking=True))
             views = self.augment(images, self.K, ImageDraws(self.seed, epoch, indices))
+            if self.keep_sample and self.sample is None:
+                self.sample = keep_sample(images, views, self.K)
             yield Batch(views.double() if self.precision == "fp64" else views, targets, labels, indices)
+
+
+def keep_sample(images: torch.Tensor, views: torch.Tensor, K: int, count: int = 8, shown_views: int = 8):
+    """Copies of up to `count` images [n, H, W, 3] and their first views [n, k, C, S, S] (normalised)."""
+    n = min(count, images.shape[0])
+    per_view = views.reshape(K, -1, *views.shape[1:])[:shown_views, :n]
+    return images[:n].detach().clone(), per_view.transpose(0, 1).detach().float().clone()
 
 
 class TrainingImages:

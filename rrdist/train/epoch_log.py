@@ -74,6 +74,21 @@ class EpochLog:
                          if k not in self.LOGGED and k not in ("views_per_s", "epoch_time_s"))
         print(f"epoch {done}/{self.epochs} {shown} {metrics['views_per_s']:.0f} views/s")
 
+    def show_views(self, sample, mean, std) -> None:
+        """A grid in TensorBoard: each row a training image, then its views as the method sees them."""
+        if self.writer is None or sample is None:
+            return
+        from torchvision.utils import make_grid
+
+        images, views = sample
+        size = views.shape[-1]
+        originals = torch.nn.functional.interpolate(images.permute(0, 3, 1, 2).float() / 255, size=(size, size))
+        shown = views.cpu() * torch.tensor(std).view(1, 1, 3, 1, 1) + torch.tensor(mean).view(1, 1, 3, 1, 1)
+        rows = torch.cat([originals.cpu()[:, None], shown.clamp(0, 1)], dim=1)  # [n, 1 + k, 3, S, S]
+        grid = make_grid(rows.flatten(0, 1), nrow=rows.shape[1], padding=2)
+        self.writer.add_image("pretrain/views", grid, 0)
+        self.writer.flush()
+
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()

@@ -47,6 +47,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     knn = KnnMonitor(data, device, cfg.seed) if cfg.knn_every else None
     hook = StepHook.from_loop_config(loop_config, rank, run.local)
     log = EpochLog(run, rank, cfg.epochs)
+    batches.keep_sample = rank == 0 and start == 0  # a picture of the views, once per run
     announce(cfg, method, start, rank)
     for epoch in range(start, cfg.epochs if method.trainable else 0):
         method.on_epoch_start(epoch, optimizer, TrainingImages(data, device))
@@ -65,6 +66,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         if knn is not None and ((epoch + 1) % cfg.knn_every == 0 or epoch + 1 == cfg.epochs):
             metrics["knn_acc"] = knn.accuracy(method.backbone)
         log.write(metrics)
+        if epoch == 0:
+            log.show_views(batches.sample, data["mean"], data["std"])
         due = (epoch + 1) % cfg.checkpoint_every == 0 or epoch + 1 == cfg.epochs
         report(metrics, dict(method=method, optimizer=optimizer, epoch=epoch + 1, config=cfg.to_dict()) if due else None,
                rank)

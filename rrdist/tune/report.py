@@ -1,7 +1,8 @@
 """The sweep's results table, from what is on disk: one row per point, mean ± std over seeds.
 
-Writes `results.md`, `results.csv` (one row per point), `trials.csv` (one row per trial) and
-TensorBoard HParams (`hparams/`), beside the paper's number wherever the paper reports one.
+Writes `results.md`, `results.csv` (one row per point), `trials.csv` (one row per trial),
+TensorBoard HParams (`hparams/`) and pictures against K and gamma (`figures/`), beside the
+paper's number wherever the paper reports one.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import yaml
 
 from rrdist.errors import DataError
 from rrdist.storage import RunFolder
+from rrdist.tune.figures import write_figures
 from rrdist.tune.trial import RECORD
 
 
@@ -170,4 +172,5 @@ def write_report(sweep_dir: str | Path) -> str:
     metric_cols = sorted({k for t in trials for k in (t.get("metrics") or {})})
     folder.write_text("trials.csv", _csv(per_trial, ["trial", *axes, "seed", "status", *metric_cols, "error"]))
     write_hparams(folder, axes, trials)
+    write_figures(folder, axes, evaluations, rows)
     return text
