@@ -58,6 +58,11 @@ def test_grid_with_seeds_gives_mean_and_std(tmp_path, digits_root):
     with open(sweep_dir / "results.csv") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 4
+    from PIL import Image  # the demo sweep's pictures against K and gamma
+
+    for name in ("linear-vs-K.png", "linear-vs-gamma.png"):
+        with Image.open(sweep_dir / "figures" / name) as picture:
+            assert picture.size == (660, 480)
     for row in rows:
         accs = [100 * t["metrics"]["linear_acc"] for t in trials.values()
                 if str(t["axes"]["K"]) == row["K"] and str(t["axes"]["gamma"]) == row["gamma"]]
@@ -118,6 +123,62 @@ def test_shipped_spaces_are_valid():
     assert {c.aggregation for c in configs if c.backbone == "conv4"} == {"sum", "mean", "max", "cat"}  # Table 13
     assert {c.head for c in configs if c.backbone == "resnet32"} == {"relation", "dot", "encoder_dot"}  # Table 14
     assert ablations.trial_count() == 7 * 3
+
+
+def test_report_tells_completed_stopped_and_interrupted_trials_apart(tmp_path):
+    from rrdist.tune.records import sweep_trial, write_record
+    from rrdist.tune.report import write_report
+    from rrdist.tune.space import parse
+
+    spec = parse({"fixed": {"dataset": "digits", "backbone": "conv4", "epochs": 3},
+                  "axes": {"K": {"grid": [2, 3, 4]}}, "seeds": 2, "scheduler": {"asha": {}}})
+    sweep_dir = tmp_path / "sweep"
+    sweep_dir.mkdir()
+    (sweep_dir / "sweep.yaml").write_text(yaml.safe_dump({"spec": spec.to_dict(), "root": "data"}))
+    done = {"status": "completed", "metrics": {"epoch": 3, "loss": 0.5, "linear_acc": 0.9}}
+    endings = {(2, 0): done, (2, 1): done, (3, 0): done,
+               (3, 1): {"status": "stopped", "epoch": 1, "metrics": {"epoch": 1, "loss": 0.7}},
+               (4, 0): {"status": "interrupted", "epoch": 2, "metrics": {"epoch": 2, "loss": 0.6}},
+               (4, 1): {"status": "interrupted", "epoch": None, "metrics": {}}}
+    for (K, seed), ending in endings.items():
+        trial = sweep_trial(spec, {"K": K, "seed": seed}, "t1", str(sweep_dir), "data")
+        write_record(trial.run_dir, {**trial.record, **ending})
+    names = {p.name for p in (sweep_dir / "trials").iterdir()}
+    assert names == {f"K={K},seed={seed}" for K, seed in endings}  # a grid's names leave out Tune's id
+
+    status = {line.split(" | ")[0]: line.split(" | ")[-1] for line in write_report(sweep_dir).splitlines()
+              if line.startswith("| ") and line[2].isdigit()}
+    assert status["| 2"] == "done |"
+    assert status["| 3"] == "stopped early (ASHA): seed 1 at epoch 1 |"
+    assert status["| 4"].startswith("interrupted: seed 0 at epoch 2; seed 1 before its first epoch (")
+    assert "--resume" in status["| 4"] and "ASHA" not in status["| 4"]
+    with open(sweep_dir / "results.csv") as f:
+        counts = {row["K"]: (row["seeds_done"], row["stopped"], row["interrupted"], row["failed"])
+                  for row in csv.DictReader(f)}
+    assert counts == {"2": ("2", "0", "0", "0"), "3": ("1", "1", "0", "0"), "4": ("0", "0", "2", "0")}
+    with open(sweep_dir / "trials.csv") as f:
+        assert sorted(row["status"] for row in csv.DictReader(f)) == sorted(e["status"] for e in endings.values())
+
+
+def test_only_a_scheduler_stops_trials_early():
+    from types import SimpleNamespace
+
+    from rrdist.tune.driver import _ending
+    from rrdist.tune.space import parse
+
+    fifo = parse({"fixed": {"dataset": "digits"}, "axes": {"K": {"grid": [2]}}})
+    asha = parse({"fixed": {"dataset": "digits"}, "axes": {"K": {"grid": [2]}}, "scheduler": {"asha": {}}})
+    # Tune marks the last result done when it ends a trial itself; a Ctrl-C leaves it as it was.
+    ended = SimpleNamespace(error=None, metrics={"epoch": 2, "loss": 0.5, "done": True})
+    cut_off = SimpleNamespace(error=None, metrics={"epoch": 1, "loss": 0.6, "done": False})
+    never_ran = SimpleNamespace(error=None, metrics={})
+    assert _ending(ended, asha)["status"] == "stopped" and _ending(ended, asha)["epoch"] == 2
+    assert [_ending(r, fifo)["status"] for r in (ended, cut_off, never_ran)] == ["interrupted"] * 3
+    assert _ending(cut_off, asha) == {"status": "interrupted", "epoch": 1,
+                                      "metrics": {"epoch": 1, "loss": 0.6, "pair_acc": None}}
+    assert _ending(never_ran, asha)["epoch"] is None
+    failed = SimpleNamespace(error=RuntimeError("Traceback ...\nValueError: bad"), metrics={})
+    assert _ending(failed, fifo) == {"status": "failed", "error": "ValueError: bad"}
 
 
 def test_points_axis_spreads_its_bundles_and_rejects_bad_ones():
@@ -188,6 +249,55 @@ def test_killed_sweep_resumes_without_rerunning_finished_trials(tmp_path, digits
         assert [json.loads(line)["epoch"] for line in lines] == [1]
     assert "resuming the sweep" in again.stdout
     assert (sweep_dir / "results.md").read_text().count("| done |") == 2
+
+
+def epochs_logged(sweep_dir: Path) -> dict[str, list[int]]:
+    """Each trial's epochs in its metrics.jsonl (one line per epoch trained)."""
+    return {p.parent.name: [json.loads(line)["epoch"] for line in p.read_text().splitlines()]
+            for p in (sweep_dir / "trials").glob("*/metrics.jsonl")}
+
+
+@pytest.mark.usefixtures("ray_session")
+def test_interrupted_sweep_reads_interrupted_and_resume_completes_it(tmp_path, digits_root):
+    import ray
+
+    epochs = 10  # the trial is still training when Ctrl-C comes; it saves every epoch
+    fixed = {"dataset": "digits", "backbone": "conv4", "epochs": epochs, "batch_size": 64, "checkpoint_every": 1}
+    space = write_space(tmp_path / "ctrlc.yaml", fixed=fixed, axes={"K": {"grid": [2]}}, seeds=1,
+                        evaluations={"linear": {"epochs": 1}})
+    sweep_dir = tmp_path / "sweeps" / "ctrlc"
+    cmd = [sys.executable, "-m", "rrdist", "sweep", str(space), "--root", str(digits_root),
+           "--out", str(tmp_path / "sweeps"), "--address", ray.get_runtime_context().gcs_address]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    with open(tmp_path / "interrupted.log", "w") as log:
+        driver = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.time() + 300
+        # Three epochs logged: the first one's checkpoint is saved, and its report has most likely
+        # reached Tune (through Train's controller, a second or two behind).
+        while time.time() < deadline and driver.poll() is None and \
+                max(map(len, epochs_logged(sweep_dir).values()), default=0) < 3:
+            time.sleep(0.2)
+        assert driver.poll() is None, "the sweep ended before it could be interrupted"
+        os.killpg(driver.pid, signal.SIGINT)  # Ctrl-C: Tune ends the trials, fit() returns, the report follows
+        driver.wait(timeout=120)
+    (cut,) = records(sweep_dir).values()
+    assert cut["status"] == "interrupted" and (cut["epoch"] is None or 1 <= cut["epoch"] < epochs), cut
+    where = "before its first epoch" if cut["epoch"] is None else f"at epoch {cut['epoch']}"
+    table = (sweep_dir / "results.md").read_text()
+    assert f"interrupted: seed 0 {where}" in table and "--resume" in table and "ASHA" not in table, table
+    with open(sweep_dir / "results.csv") as f:
+        (row,) = csv.DictReader(f)
+    assert (row["seeds_done"], row["stopped"], row["interrupted"], row["failed"]) == ("0", "0", "1", "0")
+
+    again = subprocess.run(cmd + ["--resume"], env=env, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-2000:]
+    trials = records(sweep_dir)
+    assert "resuming the sweep" in again.stdout and [t["status"] for t in trials.values()] == ["completed"], trials
+    # It went on from a checkpoint, not from the start (an epoch it was cut off in may be trained again).
+    logged = epochs_logged(sweep_dir)[cut["trial"]]
+    assert set(logged) == set(range(1, epochs + 1)) and logged.count(1) == 1, logged
+    table = (sweep_dir / "results.md").read_text()
+    assert "| done |" in table and "interrupted" not in table, table
 
 
 @pytest.mark.usefixtures("ray_session")

@@ -9,8 +9,11 @@ import yaml
 
 from rrdist.errors import ConfigError
 from rrdist.storage import RunFolder, join, shown
-from rrdist.tune.space import SweepSpec, has_random_axes, load, param_space
-from rrdist.tune.trial import SweepContext, read_record, run_trial, trial_name, write_record
+from rrdist.tune.space import EVALUATIONS, SweepSpec, epoch_metric_names, has_random_axes, load, param_space
+
+EVALUATED = [f"{e}_acc" for e in EVALUATIONS]  # what a finished trial's summary line shows
+from rrdist.tune.records import read_record, sweep_trial, write_record
+from rrdist.tune.trial import SweepContext, run_trial
 
 
 def _summary_callback():
@@ -22,7 +25,7 @@ def _summary_callback():
         def on_trial_complete(self, iteration, trials, trial, **info):
             r = trial.last_result or {}
             scores = ", ".join(f"{k[:-4]} {100 * v:.2f}%" for k, v in r.items()
-                               if k.endswith("_acc") and isinstance(v, float) and k != "pair_acc")
+                               if k in EVALUATED and isinstance(v, float))
             again = " (done before; not re-run)" if r.get("reused") else ""
             loss = r.get("loss")
             loss = f"loss {loss:.4f}" if isinstance(loss, float) else "no training"  # random weights train nothing
@@ -56,28 +59,36 @@ def _datasets(spec: SweepSpec) -> list[str]:
     return sorted({spec.trial_config(point, 0, "data", "x").dataset for point in spec.grid_points()})
 
 
-def _record_unfinished(sweep_dir: str, spec: SweepSpec, results) -> None:
-    """Trials Tune stopped (ASHA) or lost before they could write their own record."""
+def _ending(result, spec: SweepSpec) -> dict[str, Any]:
+    """How Tune ended a trial that could not record it itself."""
+    if result.error is not None:
+        text = str(result.error).strip().splitlines()
+        return {"status": "failed", "error": text[-1] if text else type(result.error).__name__}
+    metrics = result.metrics or {}
+    # Tune marks the last result "done" when it ends a trial itself (here: the scheduler stopped
+    # it), not when an interruption (Ctrl-C) cuts it off; those continue on resume.
+    status = "stopped" if spec.scheduler and metrics.get("done") else "interrupted"
+    return {"status": status, "epoch": metrics.get("epoch"),
+            "metrics": {k: v for k, v in metrics.items() if k in ("epoch", "views_per_s", *epoch_metric_names())}}
+
+
+def _record_unfinished(sweep_dir: str, spec: SweepSpec, results, root: str, data_uri: str | None) -> list[str]:
+    """Records for the trials Tune ended before they could write their own: failed, stopped by the
+    scheduler, or interrupted; returns the names of the interrupted ones."""
+    interrupted = []
     for result in results:
-        params = result.config or {}
-        if "seed" not in params:
-            continue
-        axes = {name: params[name] for name in spec.axes}
-        metrics = result.metrics or {}
-        name = trial_name(axes, int(params["seed"]), metrics.get("trial_id") if has_random_axes(spec) else None)
-        run_dir = join(sweep_dir, "trials", name)
-        if read_record(run_dir) is not None:
-            continue
-        record: dict[str, Any] = {"trial": name, "trial_id": metrics.get("trial_id"), "axes": axes,
-                                  "seed": int(params["seed"]),
-                                  "config": spec.trial_config(axes, int(params["seed"]), "", run_dir).to_dict()}
-        if result.error is not None:
-            text = str(result.error).strip().splitlines()
-            record.update(status="failed", error=text[-1] if text else type(result.error).__name__)
-        else:
-            record.update(status="stopped", epoch=metrics.get("epoch"),
-                          metrics={k: metrics.get(k) for k in ("epoch", "loss", "pair_acc")})
-        write_record(run_dir, record)
+        params, trial_id = result.config or {}, (result.metrics or {}).get("trial_id")
+        if "seed" not in params or (has_random_axes(spec) and trial_id is None):
+            continue  # not a trial of this sweep, or a random draw that never started (it has no name)
+        trial = sweep_trial(spec, params, trial_id, sweep_dir, root, data_uri)
+        ending = _ending(result, spec)
+        own = (read_record(trial.run_dir) or {}).get("status")
+        if own == "completed" or (own == "failed" and ending["status"] == "failed"):
+            continue  # the trial wrote its own record (with its own error message)
+        write_record(trial.run_dir, {**trial.record, **ending})
+        if ending["status"] == "interrupted":
+            interrupted.append(trial.name)
+    return interrupted
 
 
 def run_sweep(space: str | Path, root: str, out: str | Path = "runs/sweeps", address: str | None = None,
@@ -129,8 +140,11 @@ def run_sweep(space: str | Path, root: str, out: str | Path = "runs/sweeps", add
                                       callbacks=[_summary_callback()],
                                       failure_config=tune.FailureConfig(max_failures=0)))
     results = tuner.fit()
-    _record_unfinished(sweep_dir, spec, results)
+    interrupted = _record_unfinished(sweep_dir, spec, results, root, data_uri)
     log(write_report(sweep_dir))
+    if interrupted:
+        log(f"{len(interrupted)} trial(s) interrupted: run the same command again (or with --resume) "
+            f"to continue them")
     log(f"results: {folder}/results.md, {folder}/results.csv; "
         f"curves and HParams: tensorboard --logdir {shown(str(folder), query=False)}")
     return sweep_dir if folder.remote else Path(sweep_dir)

@@ -21,7 +21,9 @@ import yaml
 from rrdist.errors import DataError
 from rrdist.storage import RunFolder
 from rrdist.tune.figures import write_figures
-from rrdist.tune.trial import RECORD
+from rrdist.tune.records import RECORD
+
+COUNTS = ("stopped", "interrupted", "failed")  # results.csv: trials of a point that did not complete
 
 
 def load_sweep(folder: RunFolder) -> tuple[dict[str, Any], list[dict[str, Any]]]:
@@ -59,6 +61,11 @@ def _paper(evaluation: str, config: dict[str, Any]) -> tuple[float, float, str] 
     return METHODS[cfg.method].paper_accuracy(cfg, cfg.dataset)
 
 
+def _where(trial: dict[str, Any]) -> str:
+    epoch = trial.get("epoch")
+    return f"seed {trial['seed']} " + ("before its first epoch" if epoch is None else f"at epoch {epoch}")
+
+
 def summarize(sweep: dict[str, Any], trials: list[dict[str, Any]]) -> list[dict[str, Any]]:
     axes = list(sweep["spec"]["axes"])
     evaluations = list(sweep["spec"]["evaluations"])
@@ -70,7 +77,8 @@ def summarize(sweep: dict[str, Any], trials: list[dict[str, Any]]) -> list[dict[
         done = [t for t in members if t["status"] == "completed"]
         row: dict[str, Any] = {a: members[0]["axes"].get(a) for a in axes}
         row["seeds_done"] = len(done)
-        row["stopped"] = [f"seed {t['seed']} at epoch {t.get('epoch', '?')}" for t in members if t["status"] == "stopped"]
+        row["stopped"] = [_where(t) for t in members if t["status"] == "stopped"]  # by the scheduler
+        row["interrupted"] = [_where(t) for t in members if t["status"] == "interrupted"]
         row["failed"] = [t for t in members if t["status"] == "failed"]
         for evaluation in evaluations:
             values = [t["metrics"][f"{evaluation}_acc"] for t in done if t["metrics"].get(f"{evaluation}_acc") is not None]
@@ -103,6 +111,8 @@ def render(sweep: dict[str, Any], rows: list[dict[str, Any]], trials: list[dict[
         status = []
         if row["stopped"]:
             status.append("stopped early (ASHA): " + "; ".join(row["stopped"]))
+        if row["interrupted"]:
+            status.append("interrupted: " + "; ".join(row["interrupted"]) + " (rrdist sweep --resume continues)")
         if row["failed"]:
             status.append(f"{len(row['failed'])} failed")
         cells += [str(row["seeds_done"]), _cell(row["loss"], 4), ", ".join(status) or "done"]
@@ -163,10 +173,10 @@ def write_report(sweep_dir: str | Path) -> str:
                          f"{e}_std": None if mean_std is None else round(mean_std[1], 3),
                          f"{e}_paper_mean": paper[0] if paper else None, f"{e}_paper_std": paper[1] if paper else None,
                          f"{e}_paper_table": paper[2] if paper else None})
-        item.update({"seeds_done": row["seeds_done"], "stopped": len(row["stopped"]), "failed": len(row["failed"])})
+        item.update({"seeds_done": row["seeds_done"], **{k: len(row[k]) for k in COUNTS}})
         flat.append(item)
     columns = axes + [f"{e}_{s}" for e in evaluations for s in ("mean", "std", "paper_mean", "paper_std", "paper_table")]
-    folder.write_text("results.csv", _csv(flat, columns + ["seeds_done", "stopped", "failed"]))
+    folder.write_text("results.csv", _csv(flat, columns + ["seeds_done", *COUNTS]))
     per_trial = [{"trial": t["trial"], **t["axes"], "seed": t["seed"], "status": t["status"],
                   **{k: v for k, v in (t.get("metrics") or {}).items()}, "error": t.get("error", "")} for t in trials]
     metric_cols = sorted({k for t in trials for k in (t.get("metrics") or {})})
