@@ -12,6 +12,7 @@ second (a stopped trial must give its CPU back: the next trial starts at once, a
 when the sweep ends). Run:
 
     python bench/asha_study.py --root DATA [--per-class 1000] [--epochs 8] [--grace 2] [--reduction 3]
+                               [--sweeps fifo asha]
 
 DATA holds CIFAR-10's image tree (DATA/cifar10-jpg/{train,test}/<class>/*.jpg).
 """
@@ -76,6 +77,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=8)
     parser.add_argument("--grace", type=int, default=2)
     parser.add_argument("--reduction", type=float, default=3.0)
+    parser.add_argument("--sweeps", nargs="+", default=["fifo", "asha"], choices=["fifo", "asha"])
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
 
@@ -96,6 +98,8 @@ def main() -> None:
     result = {"date": str(date.today()), "epochs": args.epochs, "per_class": args.per_class, "cpus": total,
               "grace": args.grace, "reduction": args.reduction}
     for name, scheduler in (("fifo", "fifo"), ("asha", asha)):
+        if name not in args.sweeps:
+            continue
         path = work / f"{name}.yaml"
         path.write_text(yaml.safe_dump(space(f"study_{name}", args.epochs, scheduler)))
         samples, stop = [], threading.Event()
