@@ -7,7 +7,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from rrdist.errors import ConfigError, RrdistError, find_user_message
+from rrdist.errors import RrdistError, find_user_message
 
 
 def _data(args: argparse.Namespace) -> int:
@@ -28,15 +28,12 @@ def _data(args: argparse.Namespace) -> int:
 
 
 def _pretrain(args: argparse.Namespace) -> int:
-    from rrdist.config import read_yaml
+    from rrdist.config import read_settings
     from rrdist.methods import all_keys, config_from_dict
     from rrdist.storage import is_uri, shown
     from rrdist.train.trainer import pretrain
 
-    values = read_yaml(args.config, "pass the path of a YAML file of settings") if args.config else {}
-    if not isinstance(values or {}, dict):
-        raise ConfigError(f"config file {args.config} must hold a mapping of settings")
-    values = dict(values or {})
+    values = read_settings(args.config) if args.config else {}
     values.update({name: getattr(args, name) for name in all_keys() if getattr(args, name) is not None})
     cfg = config_from_dict(values, source=args.config or "the command line").validate()
     result = pretrain(cfg, address=args.address)

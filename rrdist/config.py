@@ -31,6 +31,17 @@ def parse_yaml(text: str, source: str | Path) -> Any:
         raise ConfigError(f"{source} is not valid YAML ({first_line(e)}): fix its syntax") from None
 
 
+def as_mapping(data: Any, source: str | Path) -> dict[str, Any]:
+    """A YAML document of settings (empty: none); anything but a mapping is refused in one line."""
+    if not isinstance(data or {}, dict):
+        raise ConfigError(f"config file {source} must hold a mapping of settings")
+    return dict(data or {})
+
+
+def read_settings(path: str | Path, missing_hint: str = "pass the path of a YAML file of settings") -> dict[str, Any]:
+    return as_mapping(read_yaml(path, missing_hint), path)
+
+
 PRECISIONS = ("fp32", "bf16", "fp64")
 
 
@@ -149,9 +160,7 @@ class PretrainConfig:
     @classmethod
     def shared_from_yaml(cls, path: str | Path) -> "PretrainConfig":
         """The shared settings of a saved run (config.yaml), without its method's: what evaluations need."""
-        data = read_yaml(path, "pass the folder of a finished run") or {}
-        if not isinstance(data, dict):
-            raise ConfigError(f"config file {path} must hold a mapping of settings")
+        data = read_settings(path, "pass the folder of a finished run")
         names = {f.name for f in cls.shared_fields()}
         return cls(**typed_values(cls, {k: v for k, v in data.items() if k in names}, str(path)))
 

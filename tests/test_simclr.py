@@ -3,7 +3,6 @@ workers equal to one process on the concatenated batch (training steps: test_bas
 
 import math
 import sys
-from pathlib import Path
 
 import pytest
 import ray.cloudpickle

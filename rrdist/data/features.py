@@ -1,4 +1,4 @@
-"""An encoder's outputs over every image of a split, in file order, without augmentation."""
+"""An encoder's outputs over a split's images (all of them, or a subset), without augmentation."""
 
 from __future__ import annotations
 
@@ -11,21 +11,34 @@ from rrdist.progress import Progress
 
 
 @torch.no_grad()
-def extract(backbone: torch.nn.Module, beton: Path, manifest: dict[str, Any], device: torch.device,
-            batch_size: int = 512) -> tuple[torch.Tensor, torch.Tensor]:
-    """Features [N, D] and labels [N] of every image of a split, in file order, no augmentation."""
+def embed(backbone: torch.nn.Module, loader, manifest: dict[str, Any], device: torch.device,
+          title: str = "features") -> tuple[torch.Tensor, torch.Tensor]:
+    """Features [N, D] and labels [N] on `device` of every batch of a sequential `image_loader`,
+    in its order, the backbone in eval mode (its train/eval mode is restored after)."""
     from rrdist.data.augment import KViewAugment
-    from rrdist.data.loader import image_loader
 
     prep = KViewAugment(manifest["image_size"], tuple(manifest["mean"]), tuple(manifest["std"]))
-    loader = image_loader(beton, batch_size, train=False, num_workers=1, device=device, drop_last=False)
-    backbone = backbone.to(device).eval()
+    was_training = backbone.training
+    backbone.eval()
     dtype = next(backbone.parameters()).dtype  # float64 in a --precision fp64 pretraining
     feats, labels = [], []
-    progress = Progress(f"features of {Path(beton).name}", len(loader), unit="batches")
-    for i, (images, y) in enumerate(loader):
-        feats.append(backbone(prep.plain(images.to(device)).to(dtype)).float().cpu())
-        labels.append(y.cpu())
-        progress.update(i + 1)
-    progress.close()
+    progress = Progress(title, len(loader), unit="batches")
+    try:
+        for i, (images, y) in enumerate(loader):
+            feats.append(backbone(prep.plain(images.to(device)).to(dtype)).float())
+            labels.append(y.to(device))
+            progress.update(i + 1)
+    finally:
+        backbone.train(was_training)
+        progress.close()
     return torch.cat(feats), torch.cat(labels)
+
+
+def extract(backbone: torch.nn.Module, beton: Path, manifest: dict[str, Any], device: torch.device,
+            batch_size: int = 512) -> tuple[torch.Tensor, torch.Tensor]:
+    """Features [N, D] and labels [N], on the CPU, of every image of a split in file order."""
+    from rrdist.data.loader import image_loader
+
+    loader = image_loader(beton, batch_size, train=False, num_workers=1, device=device, drop_last=False)
+    feats, labels = embed(backbone.to(device), loader, manifest, device, f"features of {Path(beton).name}")
+    return feats.cpu(), labels.cpu()

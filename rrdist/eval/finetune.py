@@ -103,7 +103,6 @@ def evaluate_finetune(run_dir: str | Path, dataset: str | None = None, root: str
     start = time.perf_counter()
     progress = Progress("finetuning", settings.epochs, unit="epochs")
     for epoch in range(settings.epochs):
-        progress.update(epoch, loss=float(loss) if epoch else "-")
         for group in optimizer.param_groups:
             group["lr"] = step_lr(group["base"], epoch, settings.epochs)
         backbone.train()
@@ -113,7 +112,7 @@ def evaluate_finetune(run_dir: str | Path, dataset: str | None = None, root: str
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-    progress.update(settings.epochs, loss=float(loss))
+        progress.update(epoch + 1, loss=float(loss.detach()))  # the epoch's last batch: one sync per epoch
     progress.close()
     backbone.eval()
     correct = total = 0

@@ -10,7 +10,7 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
-from rrdist.config import PretrainConfig, parse_yaml, read_yaml, typed_values
+from rrdist.config import PretrainConfig, as_mapping, parse_yaml, read_settings, typed_values
 from rrdist.errors import ConfigError
 from rrdist.methods.deepcluster import DeepCluster
 from rrdist.methods.infomax import DeepInfoMax
@@ -75,17 +75,11 @@ def make_config(**values: Any) -> PretrainConfig:
 
 
 def config_from_yaml_text(text: str, source: str | Path) -> PretrainConfig:
-    return _from_mapping(parse_yaml(text, source), source)
+    return config_from_dict(as_mapping(parse_yaml(text, source), source), source=str(source))
 
 
 def config_from_yaml(path: str | Path) -> PretrainConfig:
-    return _from_mapping(read_yaml(path, "pass the path of a YAML file of settings"), path)
-
-
-def _from_mapping(data: Any, source: str | Path) -> PretrainConfig:
-    if not isinstance(data or {}, dict):
-        raise ConfigError(f"config file {source} must hold a mapping of settings")
-    return config_from_dict(data or {}, source=str(source))
+    return config_from_dict(read_settings(path), source=str(path))
 
 
 def build_method(cfg: PretrainConfig, num_classes: int = 10):

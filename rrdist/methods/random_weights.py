@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
+
 from rrdist import paper
 from rrdist.methods.base import Method, Settings
 

@@ -60,19 +60,15 @@ class TrainingImages:
 
     @property
     def count(self) -> int:
-        from ffcv.reader import Reader
+        from rrdist.data.loader import split_size
 
-        return int(Reader(str(self.data["train"])).num_samples)
+        return split_size(self.data["train"])
 
     def features(self, backbone: torch.nn.Module) -> torch.Tensor:
         """Features [N, D] of every training image in file order (eval mode, no augmentation)."""
         from rrdist.data.features import extract
 
-        was_training = backbone.training
-        try:
-            return extract(backbone, Path(self.data["train"]), self.data, self.device)[0]
-        finally:
-            backbone.train(was_training)
+        return extract(backbone, Path(self.data["train"]), self.data, self.device)[0]
 
 
 def build_augment(kind: str, data: dict[str, Any]):

@@ -42,35 +42,21 @@ def subset(count: int, size: int, seed: int, workers: int) -> np.ndarray:
 
 class KnnMonitor:
     def __init__(self, data: dict[str, Any], device: torch.device, seed: int = 0) -> None:
-        from rrdist.data.augment import KViewAugment
         from rrdist.data.loader import image_loader, split_size
 
         rank, workers = world()
-        self.device, self.classes = device, int(data["num_classes"])
-        self.prep = KViewAugment(data["image_size"], tuple(data["mean"]), tuple(data["std"]))
+        self.data, self.device, self.classes = data, device, int(data["num_classes"])
         self.loaders = []
         for path, size, salt in ((data["labelled"], BANK, 0), (data["test"], QUERIES, 1)):
             chosen = subset(split_size(Path(path)), size, seed * 2 + salt, workers)
             share = chosen.reshape(-1, workers)[:, rank]  # interleaved: equal shares
             self.loaders.append(image_loader(path, 512, train=False, device=device, drop_last=False, subset=share))
 
-    @torch.no_grad()
-    def _embed(self, backbone: torch.nn.Module, loader) -> tuple[torch.Tensor, torch.Tensor]:
-        dtype = next(backbone.parameters()).dtype
-        feats, labels = [], []
-        for images, y in loader:
-            feats.append(backbone(self.prep.plain(images.to(self.device)).to(dtype)).float())
-            labels.append(y.to(self.device))
-        return torch.cat(feats), torch.cat(labels)
-
     def accuracy(self, backbone: torch.nn.Module) -> float:
-        was_training = backbone.training
-        backbone.eval()
-        try:
-            bank, bank_labels = self._embed(backbone, self.loaders[0])
-            queries, labels = self._embed(backbone, self.loaders[1])
-        finally:
-            backbone.train(was_training)
+        from rrdist.data.features import embed
+
+        bank, bank_labels = embed(backbone, self.loaders[0], self.data, self.device, "kNN bank")
+        queries, labels = embed(backbone, self.loaders[1], self.data, self.device, "kNN queries")
         bank, bank_labels = gather_detached(bank), gather_detached(bank_labels)
         correct = (weighted_knn(bank, bank_labels, queries, self.classes) == labels).sum().double()
         counts = torch.stack([correct, torch.tensor(float(len(labels)), dtype=torch.float64, device=self.device)])
