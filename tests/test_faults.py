@@ -51,7 +51,8 @@ def test_truncated_checkpoint_falls_back_to_the_previous_one(digits_root, tmp_pa
     state.write_bytes(state.read_bytes()[:500])
     result = pretrain(config(digits_root, tmp_path / "run", epochs=3), **QUIET)
     assert result.metrics["epoch"] == 3
-    assert logged_epochs(run_dir) == [1, 2, 2, 3]  # epoch 2 redone from epoch 1's checkpoint
+    # epoch 2 is redone from epoch 1's checkpoint; its first log line goes with the broken checkpoint
+    assert logged_epochs(run_dir) == [1, 2, 3]
     assert final_state(run_dir, 3)["epoch"] == 3
 
 
@@ -77,8 +78,7 @@ def test_killed_driver_resumes_with_the_same_command(digits_root, tmp_path):
     assert again.returncode == 0, again.stderr[-2000:]
     assert "resuming from epoch" in again.stdout + again.stderr
     assert final_state(out, 4)["epoch"] == 4
-    epochs = logged_epochs(out)
-    assert epochs[:2] == [1, 2] and epochs[-1] == 4 and sorted(set(epochs)) == [1, 2, 3, 4]
+    assert logged_epochs(out) == [1, 2, 3, 4]  # an epoch logged after the last checkpoint is logged once
 
 
 def test_bf16_autocast_step_runs_on_cpu(digits_root):

@@ -280,6 +280,7 @@ def test_interrupted_sweep_reads_interrupted_and_resume_completes_it(tmp_path, d
         assert driver.poll() is None, "the sweep ended before it could be interrupted"
         os.killpg(driver.pid, signal.SIGINT)  # Ctrl-C: Tune ends the trials, fit() returns, the report follows
         driver.wait(timeout=120)
+    assert driver.returncode == 130  # the shell's code for Ctrl-C, after the report is written
     (cut,) = records(sweep_dir).values()
     assert cut["status"] == "interrupted" and (cut["epoch"] is None or 1 <= cut["epoch"] < epochs), cut
     where = "before its first epoch" if cut["epoch"] is None else f"at epoch {cut['epoch']}"

@@ -10,6 +10,7 @@ from typing import Any
 
 import torch
 
+from rrdist import atomic
 from rrdist.storage import RunFolder
 from rrdist.train.step import EpochSums
 
@@ -42,14 +43,30 @@ class EpochLog:
 
     LOGGED = ("epoch", "steps")  # kept in metrics.jsonl, not drawn in TensorBoard
 
-    def __init__(self, run: RunFolder, rank: int, epochs: int) -> None:
+    def __init__(self, run: RunFolder, rank: int, epochs: int, start: int = 0) -> None:
         from torch.utils.tensorboard import SummaryWriter
 
         self.run, self.rank, self.epochs = run, rank, epochs
-        if rank == 0 and run.remote:  # the URI holds the earlier events; this writer adds a file of its own
+        self.writer = None
+        if rank != 0:
+            return
+        if run.remote:  # the URI holds the earlier events; this writer adds a file of its own
             shutil.rmtree(run.local / "tb", ignore_errors=True)
             run.pull("metrics.jsonl")
-        self.writer = SummaryWriter(str(run.local / "tb")) if rank == 0 else None
+        self.forget_after(start)
+        # On a resume, TensorBoard hides the events a cut-off attempt logged past the checkpoint.
+        self.writer = SummaryWriter(str(run.local / "tb"), purge_step=start + 1 if start else None)
+
+    def forget_after(self, epoch: int) -> None:
+        """Drop metrics.jsonl's lines of epochs after `epoch`: a resumed run logs them again."""
+        path = self.run.local / "metrics.jsonl"
+        if not path.exists():
+            return
+        lines = path.read_text().splitlines()
+        kept = [line for line in lines if line.strip() and json.loads(line)["epoch"] <= epoch]
+        if len(kept) != len(lines):
+            atomic.write_text(path, "".join(line + "\n" for line in kept))
+            self.run.push("metrics.jsonl")
 
     def diverged(self, epoch: int) -> None:
         """A loss that became NaN or infinite ends the run (not retried: the same data would diverge again)."""

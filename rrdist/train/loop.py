@@ -46,7 +46,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     step = TrainStep(model, optimizer, cfg.precision, probe)
     knn = KnnMonitor(data, device, cfg.seed) if cfg.knn_every else None
     hook = StepHook.from_loop_config(loop_config, rank, run.local)
-    log = EpochLog(run, rank, cfg.epochs)
+    log = EpochLog(run, rank, cfg.epochs, start)
     batches.keep_sample = rank == 0 and start == 0  # a picture of the views, once per run
     announce(cfg, method, start, rank)
     for epoch in range(start, cfg.epochs if method.trainable else 0):

@@ -93,7 +93,11 @@ def _record_unfinished(sweep_dir: str, spec: SweepSpec, results, root: str, data
 
 def run_sweep(space: str | Path, root: str, out: str | Path = "runs/sweeps", address: str | None = None,
               resume: bool = False, data_uri: str | None = None, log=print) -> Path | str:
-    """Run (or resume) a sweep into OUT/<name> (a path, or a bucket URI); returns that folder."""
+    """Run (or resume) a sweep into OUT/<name> (a path, or a bucket URI); returns that folder.
+
+    A Ctrl-C ends the running trials as interrupted, writes the report, then raises
+    KeyboardInterrupt: running the same sweep again continues them.
+    """
     from rrdist.data.beton import ensure_prepared
     from rrdist.data.staging import remote_manifest
     from rrdist.train.trainer import init_ray
@@ -147,4 +151,6 @@ def run_sweep(space: str | Path, root: str, out: str | Path = "runs/sweeps", add
             f"to continue them")
     log(f"results: {folder}/results.md, {folder}/results.csv; "
         f"curves and HParams: tensorboard --logdir {shown(str(folder), query=False)}")
+    if interrupted:  # Tune swallowed the Ctrl-C to end the trials cleanly; the caller still sees it
+        raise KeyboardInterrupt(f"{len(interrupted)} trial(s) interrupted")
     return sweep_dir if folder.remote else Path(sweep_dir)
