@@ -32,9 +32,15 @@ def load(sweep_dir: Path) -> list[dict]:
         t = json.loads(record.read_text())
         lines = (record.parent / "metrics.jsonl").read_text().splitlines()
         t["epochs"] = [json.loads(line) for line in lines]
-        t["started"] = min(p.stat().st_mtime for p in record.parent.rglob("*"))
         trials.append(t)
-    return sorted(trials, key=lambda t: t["started"])
+    # Tune's own folders, run_trial_<id>_<index>_<params>_<time>, say the order it launched them in.
+    launched = {}
+    for folder in sweep_dir.glob("run_trial_*"):
+        index = int(folder.name.split("_")[3])
+        for t in trials:
+            if f"_{t['trial']}_" in folder.name:
+                launched[t["trial"]] = index
+    return sorted(trials, key=lambda t: launched[t["trial"]])
 
 
 def replay(trials: list[dict], metric: str, mode: str, grace: int, reduction: float, slots: int,
@@ -70,7 +76,7 @@ def replay(trials: list[dict], metric: str, mode: str, grace: int, reduction: fl
         if queue:
             start(queue.pop(0), now)
     return {"trial_epochs": sum(spent), "finished": [trials[i]["trial"] for i in finished],
-            "wall_s": round(now, 1)}
+            "epochs": {t["trial"]: n for t, n in zip(trials, spent)}, "wall_s": round(now, 1)}
 
 
 def main() -> None:

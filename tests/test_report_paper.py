@@ -41,7 +41,7 @@ def expected(space: str, point: dict, evaluation: str):
         return SEMI[(point["dataset"], point["label_fraction"])]
     if space == "k_ablation":
         return TABLE10[point["K"]], "Table 10"
-    if space == "k_gamma":  # the paper reports gamma = 2 only
+    if space in ("k_gamma", "k_gamma_search"):  # the paper reports gamma = 2 only
         return (TABLE10[point["K"]], "Table 10") if point["gamma"] == 2 else None
     if space == "baselines_short":  # 5 epochs: relational at K = 4 is in Table 10, the others only in Table 2
         return (TABLE10[4], "Table 10") if point["method"] == "relational" else T2_CONV4_C10[point["method"]]
