@@ -23,12 +23,14 @@ import torch.nn.functional as F
 from rrdist import paper
 from rrdist.collective import gather_detached, gather_views, own_images, world
 from rrdist.config import PretrainConfig, need, setting
+from rrdist.data.keyed import key, uniform
 from rrdist.losses import focal_bce_with_logits
 from rrdist.methods.base import AdamSettings, Method
 from rrdist.models.heads import mlp_head, relation_head
 
 AGGREGATIONS = ("cat", "sum", "mean", "max")
 HEADS = ("relation", "dot", "encoder_dot")
+LABELS_STREAM = 0x1ABE1  # keys the semi-supervised label draws apart from the views' draws
 
 
 @dataclass
@@ -150,9 +152,7 @@ def labelled(indices: torch.Tensor, fraction: float, seed: int) -> torch.Tensor:
     """Which training images keep their label in the semi-supervised variant: a fixed subset of
     about `fraction` of them, a function of (image index, seed) only, so every epoch and every
     worker agrees without storing a list (`fraction` 1 keeps all, 0 none)."""
-    key = (indices + seed * 1000003) % 2147483648  # the seed moves the index before hashing
-    mixed = key * 2654435761 % 4294967296  # Knuth's multiplicative hash (fits in int64)
-    return mixed.to(torch.float64) / 4294967296.0 < fraction
+    return uniform(key(seed, LABELS_STREAM), indices, 1)[:, 0] < fraction
 
 
 def same_class_partners(right: torch.Tensor, classes: torch.Tensor, M: int,
