@@ -26,21 +26,14 @@ from types import SimpleNamespace
 
 
 def load(sweep_dir: Path) -> list[dict]:
-    """The sweep's trials in start order (the order Tune launched them), each with its curve."""
-    trials = []
-    for record in (sweep_dir / "trials").glob("*/trial.json"):
-        t = json.loads(record.read_text())
-        lines = (record.parent / "metrics.jsonl").read_text().splitlines()
-        t["epochs"] = [json.loads(line) for line in lines]
-        trials.append(t)
+    """The sweep's trials (as `asha_study.trials` reads them) in the order Tune launched them."""
+    from asha_study import trials  # bench/ is on the path when this script runs
+
+    by_name = trials(sweep_dir)
     # Tune's own folders, run_trial_<id>_<index>_<params>_<time>, say the order it launched them in.
-    launched = {}
-    for folder in sweep_dir.glob("run_trial_*"):
-        index = int(folder.name.split("_")[3])
-        for t in trials:
-            if f"_{t['trial']}_" in folder.name:
-                launched[t["trial"]] = index
-    return sorted(trials, key=lambda t: launched[t["trial"]])
+    launched = {name: int(folder.name.split("_")[3]) for folder in sweep_dir.glob("run_trial_*")
+                for name in by_name if f"_{name}_" in folder.name}
+    return sorted(by_name.values(), key=lambda t: launched[t["trial"]])
 
 
 def replay(trials: list[dict], metric: str, mode: str, grace: int, reduction: float, slots: int,

@@ -26,6 +26,8 @@ def test_resume_forgets_epochs_after_the_checkpoint(tmp_path):
     for epoch in (1, 2, 3):  # the attempt that was cut off after logging epoch 3 (checkpoint at 2)
         first.write(epoch_line(epoch, 1.0 / epoch))
     first.close()
+    with open(run.local / "metrics.jsonl", "a") as f:
+        f.write('{"epoch": 4, "lo')  # the killed attempt's half-written line
     assert loss_curve(run.local / "tb") == [(1, 1.0), (2, 0.5), (3, round(1 / 3, 6))]
 
     again = EpochLog(run, 0, 5, start=2)

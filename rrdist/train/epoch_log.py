@@ -38,6 +38,14 @@ def epoch_metrics(sums: EpochSums, probe, elapsed: float, world: int, epoch: int
     return metrics, totals["nonfinite"] == 0
 
 
+def _epoch_of(line: str) -> int | None:
+    """The epoch of a metrics.jsonl line; None for a line a killed process left half-written."""
+    try:
+        return int(json.loads(line)["epoch"])
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
 class EpochLog:
     """Rank 0's TensorBoard events, metrics.jsonl and epoch line; every rank's report to Ray."""
 
@@ -63,7 +71,7 @@ class EpochLog:
         if not path.exists():
             return
         lines = path.read_text().splitlines()
-        kept = [line for line in lines if line.strip() and json.loads(line)["epoch"] <= epoch]
+        kept = [line for line in lines if _epoch_of(line) is not None and _epoch_of(line) <= epoch]
         if len(kept) != len(lines):
             atomic.write_text(path, "".join(line + "\n" for line in kept))
             self.run.push("metrics.jsonl")

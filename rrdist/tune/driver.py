@@ -9,11 +9,11 @@ import yaml
 
 from rrdist.errors import ConfigError
 from rrdist.storage import RunFolder, join, shown
+from rrdist.tune.records import read_record, sweep_trial, write_record
 from rrdist.tune.space import EVALUATIONS, SweepSpec, epoch_metric_names, has_random_axes, load, param_space
+from rrdist.tune.trial import SweepContext, run_trial
 
 EVALUATED = [f"{e}_acc" for e in EVALUATIONS]  # what a finished trial's summary line shows
-from rrdist.tune.records import read_record, sweep_trial, write_record
-from rrdist.tune.trial import SweepContext, run_trial
 
 
 def _summary_callback():
