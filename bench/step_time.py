@@ -51,7 +51,7 @@ def check_pairs(backbone_name: str, K: int, M: int) -> dict:
     """Both pair builders on the same random features: pair count and positive share."""
     torch.manual_seed(0)
     cfg = make_config(backbone=backbone_name, K=K, batch_size=M)
-    method = build_method(cfg)
+    method = build_method(cfg, 10)
     z = torch.randn(K * M, method.backbone.feature_size)
     logits, targets, _ = method.relation_logits(z, M, K)
     ref = ReferenceRelationalReasoning(build_backbone(backbone_name), method.backbone.feature_size)
@@ -89,7 +89,7 @@ def bench_rrdist(beton: Path, backbone_name: str, K: int, M: int, cores: int, bu
     set_kernel_threads(cores)
     torch.manual_seed(0)
     cfg = make_config(backbone=backbone_name, K=K, batch_size=M, gamma=0.0)
-    method = build_method(cfg).to(memory_format=torch.channels_last).train()
+    method = build_method(cfg, 10).to(memory_format=torch.channels_last).train()
     optimizer = method.configure_optimizer()
     if compile:
         method.backbone.compile()

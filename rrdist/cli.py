@@ -50,19 +50,28 @@ def _pretrain(args: argparse.Namespace) -> int:
 
 def _add_pretrain_flags(pre: argparse.ArgumentParser) -> None:
     """Flags from the settings' declarations: type, default and help come from the dataclass fields."""
-    from dataclasses import fields
-
     from rrdist.config import PretrainConfig, help_of
     from rrdist.data.datasets import DATASETS
-    from rrdist.methods import METHODS, setting_owners
+    from rrdist.methods import METHODS, default_method
     from rrdist.models import BACKBONES
 
     choices = {"method": ", ".join(METHODS), "dataset": ", ".join(sorted(DATASETS)), "backbone": ", ".join(BACKBONES)}
     shared = pre.add_argument_group("settings of every run")
     for f in PretrainConfig.shared_fields():
         extra = f"; one of {choices[f.name]}" if f.name in choices else ""
-        default = f.default if f.name != "method" else next(iter(METHODS))
+        default = f.default if f.name != "method" else default_method()
         _add_flag(shared, f, f"{help_of(f)}{extra} (default: {default})")
+    _add_method_flags(pre)
+    _add_monitor_flags(pre)
+
+
+def _add_method_flags(pre: argparse.ArgumentParser) -> None:
+    """One group per method (and one for settings several share), each flag's default per method."""
+    from dataclasses import fields
+
+    from rrdist.config import help_of
+    from rrdist.methods import METHODS, setting_owners
+
     owners = setting_owners()
     declared = {}  # a setting's first declaration gives its help
     for method in METHODS.values():
@@ -82,15 +91,29 @@ def _add_pretrain_flags(pre: argparse.ArgumentParser) -> None:
             _add_flag(group, declared[name], f"{help_of(declared[name])}{used} (default: {shown})")
 
 
+def _add_monitor_flags(pre: argparse.ArgumentParser) -> None:
+    """One group per monitor (rrdist.monitors): they watch the run and never change what it learns."""
+    from dataclasses import fields
+
+    from rrdist.config import help_of
+    from rrdist.monitors import MONITORS
+
+    for name, monitor in MONITORS.items():
+        group = pre.add_argument_group(f"the {name} monitor (reports {', '.join(monitor.figures)})")
+        for f in fields(monitor.Settings):
+            _add_flag(group, f, f"{help_of(f)} (default: {f.default})")
+
+
 def _add_flag(group, f, text: str) -> None:
+    from rrdist.config import TYPES
+
     flag = "--K" if f.name == "K" else "--" + f.name.replace("_", "-")
     if f.type == "bool":
         action = argparse.BooleanOptionalAction if f.default else "store_const"
         extra = {} if f.default else {"const": True}
         group.add_argument(flag, dest=f.name, action=action, default=None, help=text, **extra)
         return
-    kind = {"int": int, "float": float, "str": str}[f.type]
-    group.add_argument(flag, dest=f.name, type=kind, default=None, metavar=f.name.upper(), help=text)
+    group.add_argument(flag, dest=f.name, type=TYPES[f.type], default=None, metavar=f.name.upper(), help=text)
 
 
 def _run_copy(run: str):
@@ -183,7 +206,13 @@ def _demo(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rrdist", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
+    for add in (_data_parser, _pretrain_parser, _evaluate_parser, _sweep_parser, _report_parser, _submit_parser,
+                _jobs_parser, _demo_parser):
+        add(sub)
+    return parser
 
+
+def _data_parser(sub) -> None:
     data = sub.add_parser("data", help="prepare datasets as FFCV .beton files")
     data_sub = data.add_subparsers(dest="data_command", required=True)
     data_sub.add_parser("list", help="list the datasets")
@@ -195,6 +224,8 @@ def build_parser() -> argparse.ArgumentParser:
     prep.add_argument("--force", action="store_true", help="write again even if valid files exist")
     data.set_defaults(func=_data)
 
+
+def _pretrain_parser(sub) -> None:
     pre = sub.add_parser("pretrain", help="self-supervised pretraining on Ray Train",
                          description="Pretrain a backbone on Ray Train. A method's own settings apply to that "
                                      "method only: giving one to another method is an error.")
@@ -203,8 +234,11 @@ def build_parser() -> argparse.ArgumentParser:
     pre.add_argument("--address", default=None, help="Ray cluster to join (default: a private local Ray)")
     pre.set_defaults(func=_pretrain)
 
+
+def _evaluate_parser(sub) -> None:
     ev = sub.add_parser("evaluate", help="evaluate a run's backbone")
     ev_sub = ev.add_subparsers(dest="evaluation", required=True)
+
     def evaluation(name: str, text: str, func, dataset_help: str = "another dataset (default: the run's)"):
         """A sub-command of `evaluate` with the options every evaluation takes."""
         p = ev_sub.add_parser(name, help=text)
@@ -231,6 +265,8 @@ def build_parser() -> argparse.ArgumentParser:
     ts = evaluation("tsne", "t-SNE picture of the test features (appendix B.11)", _tsne)
     ts.add_argument("--max-points", type=int, default=None, help="a random subset of the test images")
 
+
+def _sweep_parser(sub) -> None:
     sw = sub.add_parser("sweep", help="a Ray Tune sweep over a search space (tune_spaces/*.yaml)")
     sw.add_argument("space", help="the search-space YAML file")
     sw.add_argument("--root", default="data", help="data folder for every trial")
@@ -242,10 +278,14 @@ def build_parser() -> argparse.ArgumentParser:
                     help="continue an interrupted sweep (running the same command again does it too)")
     sw.set_defaults(func=_sweep)
 
+
+def _report_parser(sub) -> None:
     rep = sub.add_parser("report", help="the results table of a sweep, from what is on disk")
     rep.add_argument("sweep", help="the sweep folder or URI, e.g. runs/sweeps/demo")
     rep.set_defaults(func=_report)
 
+
+def _submit_parser(sub) -> None:
     sm = sub.add_parser("submit", help="run an rrdist command on a Ray cluster (Job Submission API)")
     sm.add_argument("--address", default=None, help="the head's job API (default: $RAY_API_SERVER_ADDRESS "
                     "or http://127.0.0.1:8265)")
@@ -253,6 +293,8 @@ def build_parser() -> argparse.ArgumentParser:
     sm.add_argument("rest", nargs=argparse.REMAINDER, help="-- then the rrdist arguments, e.g. -- pretrain ...")
     sm.set_defaults(func=_submit)
 
+
+def _jobs_parser(sub) -> None:
     jb = sub.add_parser("jobs", help="list jobs, show their logs or status, stop them")
     jb.add_argument("action", choices=["list", "status", "logs", "stop"])
     jb.add_argument("job_id", nargs="?")
@@ -260,12 +302,13 @@ def build_parser() -> argparse.ArgumentParser:
     jb.add_argument("--follow", action="store_true", help="with logs: stream until the job ends")
     jb.set_defaults(func=_jobs)
 
+
+def _demo_parser(sub) -> None:
     demo = sub.add_parser("demo", help="pretrain on the embedded digits data, evaluate, print a table")
     demo.add_argument("--out", default="runs/demo")
     demo.add_argument("--epochs", type=int, default=30)
     demo.add_argument("--workers", type=int, default=2)
     demo.set_defaults(func=_demo)
-    return parser
 
 
 def main(argv: list[str] | None = None) -> int:

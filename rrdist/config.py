@@ -54,19 +54,44 @@ def help_of(f) -> str:
     return f.metadata.get("help", "")
 
 
+TYPES = {"int": int, "float": float, "str": str, "bool": bool}  # a field's declared type name -> its type
+
+
+def convert(value: Any, kind: str, key: str, source: str | Path | None = None) -> Any:
+    """`value` as a `kind` ("int", "float", "str", "bool"), strictly: no bool as a number, no
+    fraction as an integer, no number as a flag; a one-line ConfigError naming the key otherwise.
+    Strings of numbers and of true/false are read (YAML reads 1e-3 as a string; a points axis holds strings)."""
+    where = f"key '{key}' in {source}" if source is not None else f"'{key}'"
+    try:
+        if kind == "bool":
+            if isinstance(value, str) and value.lower() in ("true", "false"):
+                return value.lower() == "true"
+            if not isinstance(value, bool):
+                raise ValueError
+            return value
+        if kind == "str":
+            if not isinstance(value, str):
+                raise ValueError
+            return value
+        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+            raise ValueError
+        number = float(value)
+        if kind == "float":
+            return number
+        if isinstance(value, int):
+            return value
+        if not number.is_integer():
+            raise ValueError
+        return int(number)
+    except (TypeError, ValueError, OverflowError):
+        an = "an" if kind == "int" else "a"
+        raise ConfigError(f"{where} must be {an} {kind} (got {value!r})") from None
+
+
 def typed_values(cls: type, data: dict[str, Any], source: str) -> dict[str, Any]:
     """data's values converted to the types of the dataclass `cls`'s fields (one-line errors)."""
     known = {f.name: f for f in fields(cls)}
-    values = {}
-    for name, value in data.items():
-        kind = known[name].type
-        try:
-            if kind == "bool" and not isinstance(value, bool):
-                raise ValueError
-            values[name] = {"int": int, "float": float, "str": str, "bool": bool}[kind](value)
-        except (TypeError, ValueError):
-            raise ConfigError(f"key '{name}' in {source} must be a {kind} (got {value!r})") from None
-    return values
+    return {name: convert(value, known[name].type, name, source) for name, value in data.items()}
 
 
 @dataclass
@@ -99,21 +124,19 @@ class PretrainConfig:
                                   "collectives (faster on CPU workers) but no longer the one-process experiment")
     precision: str = setting("fp32", "fp32; bf16 autocast of the forward pass; fp64 for numerical checks (slow)")
     compile: bool = setting(False, "torch.compile the backbone (a one-off compile of 10-60 s per worker)")
-    online_probe: bool = setting(False, "train a linear classifier on detached features alongside; "
-                                        "logs probe_acc per epoch")
-    knn_every: int = setting(0, "every N epochs, score held-out images by a weighted kNN over a labelled subset's "
-                                "features (knn_acc; a scheduler can use it); 0: never")
     out: str = setting("runs/run", "run folder: a path (local or shared filesystem) or a bucket URI (s3://, gs://, ...)")
     settings: Any = field(default=None, metadata={"help": None})  # the method's own; not a flag of its own
+    monitors: dict = field(default_factory=dict, metadata={"help": None})  # each monitor's settings, by its name
 
     # Fields that may change when a run is resumed: they do not change what is learned.
     # The worker count is one of them: the same global batch, pairs and views on any number of workers.
     RESUMABLE = ("epochs", "checkpoint_every", "loader_workers", "cpus_per_worker", "gpus_per_worker", "max_failures",
-                 "root", "data_uri", "out", "compile", "online_probe", "workers", "use_gpu", "knn_every")
+                 "root", "data_uri", "out", "compile", "workers", "use_gpu")  # and every monitor setting
+    COMPOSED = ("settings", "monitors")  # filled from the registries of methods and monitors
 
     @classmethod
     def shared_fields(cls) -> list:
-        return [f for f in fields(cls) if f.name != "settings"]
+        return [f for f in fields(cls) if f.name not in cls.COMPOSED]
 
     def validate(self) -> "PretrainConfig":
         from rrdist.data.datasets import DATASETS
@@ -130,12 +153,12 @@ class PretrainConfig:
         need(self.loader_workers >= 1, f"loader workers must be at least 1 (got {self.loader_workers})")
         need(self.checkpoint_every >= 1, f"checkpoint interval must be at least 1 epoch (got {self.checkpoint_every})")
         need(self.max_failures >= 0, f"max failures must be >= 0 (got {self.max_failures})")
-        need(self.knn_every >= 0, f"kNN interval must be >= 0 epochs (got {self.knn_every}): pass --knn-every 0 "
-                                  f"to turn it off")
         need(self.precision in PRECISIONS, f"unknown precision '{self.precision}': choose one of {', '.join(PRECISIONS)}")
         self._check_split()
         if self.settings is not None:
             self.settings.validate(self)
+        for monitor in self.monitors.values():
+            monitor.validate(self)
         return self
 
     def _check_split(self) -> None:
@@ -153,9 +176,10 @@ class PretrainConfig:
                               f"(--no-sync-bn) needs {least}: use --workers {counts}, or --sync-bn")
 
     def to_dict(self) -> dict[str, Any]:
-        """Flat: the shared fields, then the method's settings."""
+        """Flat: the shared fields, the method's settings, then every monitor's."""
         shared = {f.name: getattr(self, f.name) for f in self.shared_fields()}
-        return {**shared, **(dataclasses.asdict(self.settings) if self.settings is not None else {})}
+        monitors = {k: v for s in self.monitors.values() for k, v in dataclasses.asdict(s).items()}
+        return {**shared, **(dataclasses.asdict(self.settings) if self.settings is not None else {}), **monitors}
 
     @classmethod
     def shared_from_yaml(cls, path: str | Path) -> "PretrainConfig":
@@ -168,9 +192,10 @@ class PretrainConfig:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
     def differences(self, other: "PretrainConfig") -> list[str]:
-        """Settings that differ and would change what is learned."""
+        """Settings that differ and would change what is learned (a monitor's never do)."""
         mine, theirs = self.to_dict(), other.to_dict()
-        return [k for k in mine if k not in self.RESUMABLE and mine[k] != theirs.get(k)]
+        watching = {f.name for s in self.monitors.values() for f in fields(s)}
+        return [k for k in mine if k not in self.RESUMABLE and k not in watching and mine[k] != theirs.get(k)]
 
     def value(self, name: str) -> Any:
         """A setting by name, shared or the method's."""

@@ -56,7 +56,7 @@ def reference_cross_entropy(logits, targets):
 @pytest.mark.parametrize("name", ["rotation", "supervised", "deepcluster"])
 def test_loss_is_cross_entropy_written_out(name):
     torch.manual_seed(0)
-    method = build_method(make_config(method=name, batch_size=4)).double().eval()
+    method = build_method(make_config(method=name, batch_size=4), 10).double().eval()
     views = torch.randn(4, 3, 32, 32, dtype=torch.float64)
     labels = torch.tensor([3, 1, 0, 9]) * (9 if name == "deepcluster" else 1)  # deepcluster: 100 pseudo-classes
     loss, _ = method(views, labels)
@@ -76,7 +76,7 @@ def test_loss_is_cross_entropy_written_out(name):
                                         ("relational", {"K": 4, "aggregation": "max"})])
 def test_training_steps_change_the_backbone_and_lower_the_loss(name, extra):
     torch.manual_seed(0)
-    method = build_method(make_config(method=name, batch_size=8, epochs=4, **extra))
+    method = build_method(make_config(method=name, batch_size=8, epochs=4, **extra), 10)
     optimizer = method.configure_optimizer()
     if name == "deepcluster":
         method.on_epoch_start(0, optimizer, FixedImages(torch.randn(300, 64, generator=torch.Generator().manual_seed(2))))
@@ -97,7 +97,7 @@ def test_training_steps_change_the_backbone_and_lower_the_loss(name, extra):
 
 
 def test_random_weights_are_not_trained():
-    method = build_method(make_config(method="random"))
+    method = build_method(make_config(method="random"), 10)
     assert not method.trainable
     with pytest.raises(RuntimeError):
         method(torch.randn(2, 3, 32, 32), None)
@@ -109,7 +109,7 @@ def test_supervised_lr_divided_by_ten_at_half_and_three_quarters():
     assert all(abs(v - 0.01) < 1e-12 for v in lrs[4:6])
     assert all(abs(v - 0.001) < 1e-12 for v in lrs[6:])
     torch.manual_seed(0)
-    method = build_method(make_config(method="supervised", epochs=8))
+    method = build_method(make_config(method="supervised", epochs=8), 10)
     optimizer = method.configure_optimizer()
     method.on_epoch_start(6, optimizer)
     assert abs(optimizer.param_groups[0]["lr"] - 0.001) < 1e-12
@@ -228,7 +228,7 @@ def test_local_infomax_loss_matches_the_written_out_estimator():
 @pytest.mark.parametrize("backbone", ["conv4", "resnet8"])
 def test_infomax_reads_an_8x8_local_map_and_its_gradient_reverses_for_the_prior(backbone):
     torch.manual_seed(0)
-    method = build_method(make_config(method="infomax", backbone=backbone, batch_size=4))
+    method = build_method(make_config(method="infomax", backbone=backbone, batch_size=4), 10)
     method(torch.randn(4, 3, 32, 32), None)
     assert method._local.shape[-2:] == (8, 8)
     # The encoder's gradient through the prior term is the opposite of the discriminator's view of it.

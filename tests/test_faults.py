@@ -91,7 +91,7 @@ def test_bf16_autocast_step_runs_on_cpu(digits_root):
 
     manifest = load_manifest("digits", digits_root)
     cfg = make_config(dataset="digits", K=2, batch_size=128, precision="bf16")
-    method = build_method(cfg)
+    method = build_method(cfg, 10)
     before = [p.detach().clone() for p in method.backbone.parameters()]
     loader = image_loader(split_path(manifest, "test"), cfg.batch_size, train=True, indices=True)
     batches = ViewBatches(loader, KViewAugment(32, (0.5,) * 3, (0.25,) * 3), cfg.settings.K, cfg.seed,

@@ -83,7 +83,7 @@ def test_an_images_views_do_not_depend_on_the_worker_count(digits_root, recipe):
     from rrdist.train.batches import build_augment
 
     manifest = load_manifest("digits", digits_root)
-    augment = build_augment(recipe.split("-")[0], manifest)
+    augment = build_augment(recipe.split("-")[0], manifest["image_size"], manifest["mean"], manifest["std"])
     if recipe == "kview-tensor":
         augment.fused_cpu = False  # the batched tensor path (a GPU's), here on the CPU
     K, batch, seed = 3, 32, 4
@@ -153,8 +153,10 @@ def one_step(name, root, rank, workers, model_wrapper=None):
     layer's gradient; float64 shows whether the two computations are the same one."""
     from rrdist.data.loader import image_loader
     from rrdist.methods import build_method
+    from rrdist.data.worker_data import WorkerData
+    from rrdist.monitors import MonitorContext
+    from rrdist.monitors.probe import OnlineProbe, ProbeSettings
     from rrdist.train.batches import build_augment
-    from rrdist.train.probe import OnlineProbe
 
     manifest = load_manifest("digits", root)
     cfg = make_config(dataset="digits", batch_size=M, seed=0, **METHODS[name])
@@ -164,13 +166,15 @@ def one_step(name, root, rank, workers, model_wrapper=None):
         convert_global_batchnorm(method)
     if name == "deepcluster":  # fixed pseudo-labels by image (the clustering is rank 0's, broadcast)
         method.pseudo_labels = torch.arange(manifest["splits"]["train"]["n"]) * 7 % method.clusters
-    probe = OnlineProbe(method.backbone, method.backbone.feature_size, 10, torch.device("cpu"))
+    context = MonitorContext(method.backbone, WorkerData.from_manifest(manifest, "digits", root), torch.device("cpu"),
+                             0, 1)
+    probe = OnlineProbe(ProbeSettings(online_probe=True), context)
     model = model_wrapper(method) if model_wrapper else method
     loader = image_loader(split_path(manifest, "train"), M, train=True, seed=0, rank=rank, workers=workers,
                           indices=True)
     images, labels, indices = first_batches(loader, 1)[0]
     method.generator = torch.Generator().manual_seed(step_seed(0, 0, 0))
-    views = build_augment(method.augmentation, manifest)(images, method.views_per_image, ImageDraws(0, 0, indices))
+    views = build_augment(method.augmentation, manifest["image_size"], manifest["mean"], manifest["std"])(images, method.views_per_image, ImageDraws(0, 0, indices))
     views = views.double()
     targets = method.targets(labels, indices) if method.needs_indices else labels
     loss, metrics = model(views, targets)

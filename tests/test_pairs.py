@@ -76,7 +76,7 @@ def test_negative_partners_are_uniform_over_other_images():
 def test_method_uses_every_aggregation(how, width):
     cfg = make_config(K=3, batch_size=4, aggregation=how)
     torch.manual_seed(0)
-    method = RelationalReasoning(cfg, Conv4())
+    method = RelationalReasoning(cfg, Conv4(), 10)
     assert method.head[0].in_features == width
     views = torch.randn(3 * 4, 3, 32, 32)
     logits, targets, count = method.relation_logits(method.backbone(views), 4, 3)
@@ -120,7 +120,7 @@ def test_dot_product_heads_score_pairs_as_written_out(head):
     """Table 14 ablations: the pair's score is the dot product of the two (encoded) representations."""
     torch.manual_seed(0)
     M, K = 6, 3
-    method = RelationalReasoning(make_config(K=K, batch_size=M, head=head), Conv4()).eval()
+    method = RelationalReasoning(make_config(K=K, batch_size=M, head=head), Conv4(), 10).eval()
     assert not hasattr(method, "head")
     z = torch.randn(K * M, 64)
     method.generator = torch.Generator().manual_seed(5)
@@ -169,7 +169,7 @@ def test_labelled_subset_is_fixed_and_of_the_asked_size():
 def test_semi_supervised_pairs_stay_balanced_and_add_one_positive_per_labelled_pair():
     torch.manual_seed(0)
     M, K = 8, 3
-    method = RelationalReasoning(make_config(K=K, batch_size=M, label_fraction=1.0), Conv4())
+    method = RelationalReasoning(make_config(K=K, batch_size=M, label_fraction=1.0), Conv4(), 10)
     assert method.needs_indices
     labels = torch.tensor([0, 0, 1, 1, 2, 2, 3, 4])  # classes 3 and 4 have one image each
     classes = method.targets(labels, torch.arange(M))
@@ -191,7 +191,7 @@ def test_workers_shares_partition_the_global_pairs(semi):
     torch.manual_seed(0)
     M, K, N = 12, 3, 3
     method = RelationalReasoning(make_config(K=K, batch_size=M, label_fraction=0.5 if semi else 0.0),
-                                 Conv4()).double().eval()  # eval: the head scores each pair on its own
+                                 Conv4(), 10).double().eval()  # eval: the head scores each pair on its own
     z = torch.randn(K * M, 64, dtype=torch.float64)
     classes = torch.tensor([0, 1, 0, -1, 2, 1, 0, -1, 2, 3, 1, 2]) if semi else None
 

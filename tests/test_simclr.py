@@ -58,7 +58,7 @@ def worker_views(rank):
 
 def fresh_simclr():
     torch.manual_seed(0)
-    method = build_method(make_config(method="simclr", batch_size=M))
+    method = build_method(make_config(method="simclr", batch_size=M), 10)
     return method.eval()  # BatchNorm on running statistics: each view's projection is its own
 
 

@@ -117,7 +117,7 @@ def test_shipped_spaces_are_valid():
     search = load(Path(__file__).parent.parent / "tune_spaces" / "k_gamma_search.yaml")
     assert search.axes == k_gamma.axes and search.scheduler == {  # the setting bench/RESULTS.md measured
         "metric": "knn_acc", "mode": "max", "grace_period": 1, "reduction_factor": 4.0}
-    assert search.trial_config(search.grid_points()[0], 0, "data", "out").knn_every == 1
+    assert search.trial_config(search.grid_points()[0], 0, "data", "out").value("knn_every") == 1
     paper = load(Path(__file__).parent.parent / "tune_spaces" / "paper_linear.yaml")
     from rrdist.methods import METHODS
 
@@ -195,7 +195,7 @@ def test_points_axis_spreads_its_bundles_and_rejects_bad_ones():
     assert (configs[0].settings.aggregation, configs[0].settings.head, configs[0].backbone) == ("sum", "relation", "conv4")
     assert (configs[1].settings.head, configs[1].settings.K, configs[1].backbone) == ("dot", 5, "resnet8")
     for bad, match in [(["aggregation"], "is not setting=value"), (["nosuch=1"], "'nosuch'"),
-                       (["seed=3"], "'seed'"), (["K=two"], "must be a int")]:
+                       (["seed=3"], "'seed'"), (["K=two"], "must be an int")]:
         with pytest.raises(ConfigError, match=match):
             parse({"fixed": {"dataset": "digits"}, "axes": {"variant": {"points": bad}}})
 

@@ -3,21 +3,17 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
-
 import torch
 
 from rrdist.progress import Progress
 
 
 @torch.no_grad()
-def embed(backbone: torch.nn.Module, loader, manifest: dict[str, Any], device: torch.device,
+def embed(backbone: torch.nn.Module, loader, prep, device: torch.device,
           title: str = "features") -> tuple[torch.Tensor, torch.Tensor]:
     """Features [N, D] and labels [N] on `device` of every batch of a sequential `image_loader`,
-    in its order, the backbone in eval mode (its train/eval mode is restored after)."""
-    from rrdist.data.augment import KViewAugment
-
-    prep = KViewAugment(manifest["image_size"], tuple(manifest["mean"]), tuple(manifest["std"]))
+    in its order, the backbone in eval mode (its train/eval mode is restored after); `prep`
+    (a `KViewAugment`) turns the loader's uint8 images into normalised inputs."""
     was_training = backbone.training
     backbone.eval()
     dtype = next(backbone.parameters()).dtype  # float64 in a --precision fp64 pretraining
@@ -34,11 +30,11 @@ def embed(backbone: torch.nn.Module, loader, manifest: dict[str, Any], device: t
     return torch.cat(feats), torch.cat(labels)
 
 
-def extract(backbone: torch.nn.Module, beton: Path, manifest: dict[str, Any], device: torch.device,
+def extract(backbone: torch.nn.Module, beton: Path, prep, device: torch.device,
             batch_size: int = 512) -> tuple[torch.Tensor, torch.Tensor]:
-    """Features [N, D] and labels [N], on the CPU, of every image of a split in file order."""
+    """Features [N, D] and labels [N], on the CPU, of every image of a split in file order (`prep`: as in `embed`)."""
     from rrdist.data.loader import image_loader
 
     loader = image_loader(beton, batch_size, train=False, num_workers=1, device=device, drop_last=False)
-    feats, labels = embed(backbone.to(device), loader, manifest, device, f"features of {Path(beton).name}")
+    feats, labels = embed(backbone.to(device), loader, prep, device, f"features of {Path(beton).name}")
     return feats.cpu(), labels.cpu()

@@ -48,6 +48,7 @@ def cached_features(run_dir: Path, backbone: torch.nn.Module, fingerprint: str, 
                     split: str, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, bool]:
     """Features of `split`, from the cache when the same weights and data made them; (feats, labels, hit)."""
     from rrdist.data.beton import split_path
+    from rrdist.data.augment import KViewAugment
     from rrdist.data.features import extract
 
     beton = split_path(manifest, split)
@@ -61,7 +62,8 @@ def cached_features(run_dir: Path, backbone: torch.nn.Module, fingerprint: str, 
             return saved["features"], saved["labels"], True
         except Exception:
             pass  # an unreadable cache is recomputed
-    feats, labels = extract(backbone, beton, manifest, device)
+    prep = KViewAugment(manifest["image_size"], tuple(manifest["mean"]), tuple(manifest["std"]))
+    feats, labels = extract(backbone, beton, prep, device)
     atomic.torch_save({"features": feats, "labels": labels, "key": key}, path)
     return feats, labels, False
 

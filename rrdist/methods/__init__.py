@@ -1,7 +1,8 @@
 """Method registry: a new method is one file plus one line here.
 
-Also where a run configuration is composed: the shared settings (`rrdist.config`) and the
-chosen method's own (its `Settings`), from the flat form of config files, flags and sweeps.
+Also where a run configuration is composed: the shared settings (`rrdist.config`), the chosen
+method's own (its `Settings`) and every monitor's (`rrdist.monitors`), from the flat form of
+config files, flags and sweeps.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from rrdist.methods.relational import RelationalReasoning
 from rrdist.methods.rotation import RotationNet
 from rrdist.methods.simclr import SimCLR
 from rrdist.methods.supervised import Supervised
+from rrdist.monitors import MONITORS, monitor_keys
 
 METHODS = {
     "relational": RelationalReasoning,
@@ -29,6 +31,11 @@ METHODS = {
     "infomax": DeepInfoMax,
     "random": RandomWeights,
 }
+
+
+def default_method() -> str:
+    """The method of a run that names none: the registry's first."""
+    return next(iter(METHODS))
 
 
 def method_class(name: str) -> type:
@@ -47,19 +54,19 @@ def setting_owners() -> dict[str, list[str]]:
 
 
 def all_keys() -> list[str]:
-    """Every key a configuration may hold: the shared settings, then every method's."""
-    return [f.name for f in PretrainConfig.shared_fields()] + list(setting_owners())
+    """Every key a configuration may hold: the shared settings, every method's, then every monitor's."""
+    return [f.name for f in PretrainConfig.shared_fields()] + list(setting_owners()) + list(monitor_keys())
 
 
 def config_from_dict(data: dict[str, Any], source: str = "configuration") -> PretrainConfig:
     """A run configuration from its flat form; a key of no method, or of another method, is refused."""
     shared = {f.name for f in PretrainConfig.shared_fields()}
-    method = str(data.get("method") or next(iter(METHODS)))  # the registry's first is the default
+    method = str(data.get("method") or default_method())
     settings_type = method_class(method).Settings
     own = {f.name for f in fields(settings_type)}
-    owners = setting_owners()
+    owners, watched = setting_owners(), monitor_keys()
     for key in data:
-        if key in shared or key in own:
+        if key in shared or key in own or key in watched:
             continue
         if key in owners:
             raise ConfigError(f"'{key}' in {source} is a setting of {' and '.join(owners[key])}, not of {method}: "
@@ -67,7 +74,12 @@ def config_from_dict(data: dict[str, Any], source: str = "configuration") -> Pre
         raise ConfigError(f"unknown key '{key}' in {source}: valid keys are {', '.join(all_keys())}")
     settings = settings_type(**typed_values(settings_type, {k: v for k, v in data.items() if k in own}, source))
     values = typed_values(PretrainConfig, {k: v for k, v in data.items() if k in shared}, source)
-    return PretrainConfig(**{**values, "method": method}, settings=settings)
+    monitors = {}
+    for name, monitor in MONITORS.items():
+        kind = monitor.Settings
+        mine = {k: v for k, v in data.items() if watched.get(k) == name}
+        monitors[name] = kind(**typed_values(kind, mine, source))
+    return PretrainConfig(**{**values, "method": method}, settings=settings, monitors=monitors)
 
 
 def make_config(**values: Any) -> PretrainConfig:
@@ -82,7 +94,7 @@ def config_from_yaml(path: str | Path) -> PretrainConfig:
     return config_from_dict(read_settings(path), source=str(path))
 
 
-def build_method(cfg: PretrainConfig, num_classes: int = 10):
+def build_method(cfg: PretrainConfig, num_classes: int):
     from rrdist.models import build_backbone
 
     return method_class(cfg.method)(cfg, build_backbone(cfg.backbone), num_classes)

@@ -61,7 +61,7 @@ class Method(nn.Module):
     # each step with the same seed on every rank; None outside training (then the global RNG).
     generator: torch.Generator | None = None
 
-    def __init__(self, cfg: PretrainConfig, backbone: nn.Module, num_classes: int = 10) -> None:
+    def __init__(self, cfg: PretrainConfig, backbone: nn.Module, num_classes: int) -> None:
         super().__init__()
         self.cfg = cfg
         self.settings = cfg.settings

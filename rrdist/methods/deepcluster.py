@@ -50,7 +50,7 @@ class DeepCluster(Method):
     metric_names = ("loss", "cluster_acc")  # cluster_acc: views assigned to their image's cluster
     needs_indices = True
 
-    def __init__(self, cfg: PretrainConfig, backbone: nn.Module, num_classes: int = 10) -> None:
+    def __init__(self, cfg: PretrainConfig, backbone: nn.Module, num_classes: int) -> None:
         super().__init__(cfg, backbone, num_classes)
         self.clusters = CLUSTERS_PER_CLASS * num_classes
         self.head = mlp_head(backbone.feature_size, self.clusters)

@@ -59,7 +59,7 @@ class DeepInfoMax(Method):
     PAPER = PAPER
     metric_names = ("loss", "prior_acc")  # prior_acc: the prior discriminator's accuracy on true prior samples
 
-    def __init__(self, cfg: PretrainConfig, backbone: nn.Module, num_classes: int = 10) -> None:
+    def __init__(self, cfg: PretrainConfig, backbone: nn.Module, num_classes: int) -> None:
         super().__init__(cfg, backbone, num_classes)
         self._local: torch.Tensor | None = None
         layer = backbone.get_submodule(LOCAL_LAYER[cfg.backbone])

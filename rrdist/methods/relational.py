@@ -177,7 +177,7 @@ class RelationalReasoning(Method):
     PAPER = PAPER
     metric_names = ("loss", "pair_acc")  # pair_acc: pairs classified right (positive or negative)
 
-    def __init__(self, cfg: PretrainConfig, backbone: nn.Module, num_classes: int = 10) -> None:
+    def __init__(self, cfg: PretrainConfig, backbone: nn.Module, num_classes: int) -> None:
         super().__init__(cfg, backbone, num_classes)
         width = backbone.feature_size * (2 if self.settings.aggregation == "cat" else 1)
         if self.settings.head == "relation":

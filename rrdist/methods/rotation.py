@@ -40,7 +40,7 @@ class RotationNet(Method):
     metric_names = ("loss", "rotation_acc")  # rotation_acc: rotations predicted right
     augmentation = "crop_flip"
 
-    def __init__(self, cfg: PretrainConfig, backbone: nn.Module, num_classes: int = 10) -> None:
+    def __init__(self, cfg: PretrainConfig, backbone: nn.Module, num_classes: int) -> None:
         super().__init__(cfg, backbone, num_classes)
         self.head = mlp_head(backbone.feature_size, ROTATIONS)
 

@@ -51,7 +51,7 @@ class SimCLR(Method):
     PAPER = PAPER
     metric_names = ("loss", "positive_acc")  # positive_acc: anchors whose other view scores highest
 
-    def __init__(self, cfg: PretrainConfig, backbone: nn.Module, num_classes: int = 10) -> None:
+    def __init__(self, cfg: PretrainConfig, backbone: nn.Module, num_classes: int) -> None:
         super().__init__(cfg, backbone, num_classes)
         self.head = mlp_head(backbone.feature_size, PROJECTION)
 

@@ -44,7 +44,7 @@ class Supervised(Method):
     augmentation = "crop_flip"
     needs_labels = True
 
-    def __init__(self, cfg: PretrainConfig, backbone: nn.Module, num_classes: int = 10) -> None:
+    def __init__(self, cfg: PretrainConfig, backbone: nn.Module, num_classes: int) -> None:
         super().__init__(cfg, backbone, num_classes)
         self.classifier = nn.Linear(backbone.feature_size, num_classes)
 

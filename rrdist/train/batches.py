@@ -8,9 +8,11 @@ with (seed, epoch, step) on every rank.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable, Iterator, NamedTuple
+from typing import Callable, Iterator, NamedTuple
 
 import torch
+
+from rrdist.data.worker_data import WorkerData
 
 
 class Batch(NamedTuple):
@@ -55,29 +57,31 @@ def keep_sample(images: torch.Tensor, views: torch.Tensor, K: int, count: int = 
 class TrainingImages:
     """The un-augmented training images, for methods that look at all of them (DeepCluster)."""
 
-    def __init__(self, data: dict[str, Any], device: torch.device) -> None:
+    def __init__(self, data: WorkerData, device: torch.device) -> None:
         self.data, self.device = data, device
 
     @property
     def count(self) -> int:
         from rrdist.data.loader import split_size
 
-        return split_size(self.data["train"])
+        return split_size(self.data.train)
 
     def features(self, backbone: torch.nn.Module) -> torch.Tensor:
         """Features [N, D] of every training image in file order (eval mode, no augmentation)."""
+        from rrdist.data.augment import KViewAugment
         from rrdist.data.features import extract
 
-        return extract(backbone, Path(self.data["train"]), self.data, self.device)[0]
+        prep = KViewAugment(self.data.image_size, self.data.mean, self.data.std)
+        return extract(backbone, Path(self.data.train), prep, self.device)[0]
 
 
-def build_augment(kind: str, data: dict[str, Any]):
+def build_augment(kind: str, image_size: int, mean: tuple[float, ...], std: tuple[float, ...]):
     """The views a method trains on, with the dataset's image size and normalisation."""
     from rrdist.data.augment import KViewAugment
     from rrdist.data.crop_flip import CropFlip
 
     kinds = {"kview": KViewAugment, "crop_flip": CropFlip}
-    return kinds[kind](data["image_size"], tuple(data["mean"]), tuple(data["std"]))
+    return kinds[kind](image_size, tuple(mean), tuple(std))
 
 
 def set_kernel_threads(n: int) -> None:

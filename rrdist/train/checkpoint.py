@@ -15,11 +15,11 @@ STATE_FILE = "state.pt"
 
 
 def save_state(directory: Path, method: torch.nn.Module, optimizer: torch.optim.Optimizer, epoch: int,
-               config: dict[str, Any]) -> Path:
-    """Everything needed to continue: backbone, head, optimizer, completed epochs, config."""
+               config: dict[str, Any], monitors: dict[str, dict[str, Any]] | None = None) -> Path:
+    """Everything needed to continue: backbone, head, optimizer, completed epochs, config, monitors' states."""
     path = Path(directory) / STATE_FILE
     atomic.torch_save({"method": method.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
-                       "config": config}, path)
+                       "config": config, "monitors": monitors or {}}, path)
     return path
 
 

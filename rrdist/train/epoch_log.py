@@ -17,14 +17,11 @@ from rrdist.train.step import EpochSums
 FAILURE_FILE = "failure.json"  # a failure no restart can fix, for the driver to report
 
 
-def epoch_metrics(sums: EpochSums, probe, elapsed: float, world: int, epoch: int) -> tuple[dict[str, Any], bool]:
+def epoch_metrics(sums: EpochSums, elapsed: float, world: int, epoch: int) -> tuple[dict[str, Any], bool]:
     """The epoch's global figures (all workers' sums, the slowest worker's time), and whether every
     step's loss was finite: one host sync."""
-    probe_sums = probe.take_accuracy() if probe is not None else None
     if world > 1:
         torch.distributed.all_reduce(sums.sums)  # global metrics, not rank 0's share
-        if probe_sums is not None:
-            torch.distributed.all_reduce(probe_sums)
         slowest = torch.tensor([elapsed], dtype=torch.float64, device=sums.sums.device)
         torch.distributed.all_reduce(slowest, op=torch.distributed.ReduceOp.MAX)
         elapsed = float(slowest)
@@ -32,9 +29,6 @@ def epoch_metrics(sums: EpochSums, probe, elapsed: float, world: int, epoch: int
     metrics = {"epoch": epoch, **{name: totals[name] for name in sums.names},
                "views_per_s": totals["views"] / max(elapsed, 1e-9), "epoch_time_s": elapsed,
                "steps": int(totals["steps"]) // world}
-    if probe_sums is not None:
-        correct, counted = probe_sums.tolist()
-        metrics["probe_acc"] = correct / max(counted, 1.0)
     return metrics, totals["nonfinite"] == 0
 
 

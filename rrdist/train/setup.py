@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
@@ -10,9 +10,17 @@ from rrdist.config import PretrainConfig
 from rrdist.storage import RunFolder
 
 
+class Training(NamedTuple):
+    method: Any  # the rrdist.methods.base.Method
+    model: torch.nn.Module  # what the step calls: the method, DDP-wrapped when needed
+    optimizer: torch.optim.Optimizer | None  # None: nothing to train
+    start_epoch: int  # the first epoch to train (counted from 0)
+    monitor_state: dict[str, dict[str, Any]]  # each monitor's saved state, by name ({} on a fresh start)
+
+
 def build_training(cfg: PretrainConfig, num_classes: int, run: RunFolder, rank: int, world: int,
-                   device: torch.device) -> tuple[Any, torch.nn.Module, torch.optim.Optimizer | None, int]:
-    """(method, the model to call (DDP-wrapped when needed), optimizer, first epoch to train)."""
+                   device: torch.device) -> Training:
+    """The method on its device, its optimizer, resumed from the latest checkpoint, wrapped for DDP."""
     import ray.train
     import ray.train.torch
 
@@ -28,9 +36,10 @@ def build_training(cfg: PretrainConfig, num_classes: int, run: RunFolder, rank: 
     if cfg.sync_bn and world > 1:  # BatchNorm over the global batch, as one process would compute it
         convert_global_batchnorm(method)  # in place: parameters, buffers and checkpoint keys unchanged
     optimizer = method.configure_optimizer() if method.trainable else None
-    start_epoch = 0
+    start_epoch, monitor_state = 0, {}
     state = resume_state(ray.train.get_checkpoint(), run, announce=rank == 0)
     if state is not None:
+        monitor_state = state.get("monitors", {})
         method.load_state_dict(state["method"])
         if optimizer is not None:
             optimizer.load_state_dict(state["optimizer"])
@@ -43,7 +52,7 @@ def build_training(cfg: PretrainConfig, num_classes: int, run: RunFolder, rank: 
     model = ray.train.torch.prepare_model(method, parallel_strategy_kwargs=ddp) if distributed else method
     if optimizer is not None:
         optimizer_to(optimizer, device)
-    return method, model, optimizer, start_epoch
+    return Training(method, model, optimizer, start_epoch, monitor_state)
 
 
 def no_buffer_broadcast() -> str:

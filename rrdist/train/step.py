@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Iterable
+from typing import Iterable, Sequence
 
 import torch
 
@@ -10,11 +10,10 @@ from rrdist.train.batches import Batch
 
 
 class TrainStep:
-    """forward, backward, optimizer step; then the online probe (if any) on the step's features."""
+    """forward, backward, optimizer step."""
 
-    def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, precision: str = "fp32",
-                 probe=None) -> None:
-        self.model, self.optimizer, self.probe = model, optimizer, probe
+    def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, precision: str = "fp32") -> None:
+        self.model, self.optimizer = model, optimizer
         self.bf16 = precision == "bf16"
 
     def __call__(self, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -23,8 +22,6 @@ class TrainStep:
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
-        if self.probe is not None:
-            self.probe.step(batch.labels)
         return loss, metrics
 
 
@@ -51,14 +48,18 @@ class EpochSums:
         return {**out, "steps": steps, "nonfinite": values[-2], "views": values[-1]}
 
 
-def train_epoch(step: TrainStep, batches: Iterable[Batch], sums: EpochSums, hook=None, progress=None) -> EpochSums:
+def train_epoch(step: TrainStep, batches: Iterable[Batch], sums: EpochSums, hook=None, progress=None,
+                monitors: Sequence = ()) -> EpochSums:
     """One pass over the batches; `hook` (tests only, `rrdist.train.hooks`) sees each step;
-    `progress` (`rrdist.progress.Progress`) shows the running figures, reading the device only then."""
+    `progress` (`rrdist.progress.Progress`) shows the running figures, reading the device only then;
+    each of `monitors` (`rrdist.monitors`) sees each step after the optimizer's."""
     views = 0
     for i, batch in enumerate(batches):
         if hook is not None:
             batch = hook.before_step(i, batch)
         loss, metrics = step(batch)
+        for monitor in monitors:
+            monitor.after_step(batch)
         sums.add(loss, metrics, batch.views.shape[0])
         views += batch.views.shape[0]
         if hook is not None:

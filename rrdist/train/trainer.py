@@ -11,9 +11,13 @@ from pathlib import Path
 from typing import Any
 
 from rrdist.config import PretrainConfig
+from rrdist.data.worker_data import WorkerData
 from rrdist.errors import ConfigError, RrdistError, TrainingError, find_user_message
 from rrdist.methods import config_from_yaml_text, method_class
+from rrdist.models.backbone_file import BACKBONE_FILE
+from rrdist.monitors import MONITORS
 from rrdist.storage import RunFolder
+from rrdist.train.epoch_log import FAILURE_FILE
 
 QUIET_RAY = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_TRAIN_ENABLE_PRINT_PATCH": "0",
              "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",
@@ -74,11 +78,29 @@ class PretrainResult:
 
 def pretrain(cfg: PretrainConfig, address: str | None = None, log=print, callbacks: list | None = None) -> PretrainResult:
     """Fit one pretraining run; `callbacks` are Ray Train callbacks (a Tune trial passes TuneReportCallback)."""
-    from rrdist.data.beton import ensure_prepared, split_path
-
     cfg.validate()
     run = RunFolder(cfg.out)
     resumed = check_run_folder(cfg, run)
+    data = worker_data(cfg, log)  # everything is checked before the run folder is written
+    run.write_text("config.yaml", cfg.to_yaml())
+    run.delete(FAILURE_FILE)
+    init_ray(address)
+    trainer = build_trainer(cfg, run, data, callbacks or [])
+    own = ", ".join(f"{k}={v}" for k, v in dataclasses.asdict(cfg.settings).items())
+    log(f"pretraining {cfg.method}/{cfg.backbone} on {cfg.dataset} ({own}), {cfg.workers} worker(s) -> {run}")
+    result = fit(trainer)
+    failure = run.read_text(FAILURE_FILE)
+    if failure is not None:
+        raise TrainingError(json.loads(failure)["error"])
+    run.pull("config.yaml", "metrics.jsonl", BACKBONE_FILE)  # a run at a URI: evaluations read the working copy
+    return PretrainResult(run.local, last_metrics(run.local) or dict(result.metrics or {}), resumed)
+
+
+def worker_data(cfg: PretrainConfig, log=print) -> WorkerData:
+    """What the workers are told about the data, prepared (or at a URI, found) and checked for the
+    method and the monitors."""
+    from rrdist.data.beton import ensure_prepared
+
     if cfg.data_uri:  # the workers stage it on their nodes; the driver reads the facts it needs
         from rrdist.data.staging import remote_manifest
 
@@ -86,48 +108,39 @@ def pretrain(cfg: PretrainConfig, address: str | None = None, log=print, callbac
     else:
         manifest = ensure_prepared(cfg.dataset, cfg.root, log=log)
     method_class(cfg.method).check_data(cfg, manifest)
-    if cfg.knn_every and "test" not in manifest["splits"]:
-        raise ConfigError(f"--knn-every scores held-out images, and {cfg.dataset} has no test split: drop --knn-every")
-    run.write_text("config.yaml", cfg.to_yaml())
+    data = WorkerData.from_manifest(manifest, cfg.dataset, cfg.root, cfg.data_uri)
+    for monitor in cfg.monitors.values():
+        monitor.check_data(data)
+    return data
 
-    from rrdist.train.epoch_log import FAILURE_FILE
 
-    run.delete(FAILURE_FILE)
-    init_ray(address)
+def build_trainer(cfg: PretrainConfig, run: RunFolder, data: WorkerData, callbacks: list):
+    """The TorchTrainer of a run: its workers, their resources, checkpoints kept and restarts allowed."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
+    from rrdist.train.loop import train_loop_per_worker
     from rrdist.train.rendezvous import AddressBoundTorchConfig
 
-    from rrdist.train.loop import train_loop_per_worker
-
     loop_config = {
-        "config": cfg.to_dict(), "run": run.location,
-        # The split pretraining reads (STL-10: the unlabeled images), and the labelled one for methods using labels.
-        "data": {"train": str(split_path(manifest, manifest.get("pretrain_split", "train"))),
-                 "labelled": str(split_path(manifest, "train")), "test": str(split_path(manifest, "test")) if "test" in manifest["splits"] else None,
-                 "image_size": manifest["image_size"],
-                 "mean": manifest["mean"], "std": manifest["std"], "uri": cfg.data_uri,
-                 "num_classes": manifest["num_classes"],
-                 "dataset": cfg.dataset, "root": str(Path(cfg.root).resolve())},
+        "config": cfg, "run": run.location, "data": data, "monitors": dict(MONITORS),
         "fault": os.environ.get("RRDIST_FAULT"),  # test hooks: a failure to inject,
         "trace": os.environ.get("RRDIST_TRACE"),  # and a folder for every worker's per-step losses
     }
-    trainer = TorchTrainer(
+    gpus = {"GPU": cfg.gpus_per_worker} if cfg.use_gpu else {}
+    return TorchTrainer(
         train_loop_per_worker,
         train_loop_config=loop_config,
         torch_config=AddressBoundTorchConfig(backend="nccl" if cfg.use_gpu else "gloo"),
-        scaling_config=ScalingConfig(
-            num_workers=cfg.workers, use_gpu=cfg.use_gpu,
-            resources_per_worker={"CPU": cfg.cpus_per_worker, **({"GPU": cfg.gpus_per_worker} if cfg.use_gpu else {})}),
-        run_config=RunConfig(
-            name="train", **run.ray_storage(),
-            checkpoint_config=CheckpointConfig(num_to_keep=2),
-            failure_config=FailureConfig(max_failures=cfg.max_failures),
-            callbacks=callbacks or []),
+        scaling_config=ScalingConfig(num_workers=cfg.workers, use_gpu=cfg.use_gpu,
+                                     resources_per_worker={"CPU": cfg.cpus_per_worker, **gpus}),
+        run_config=RunConfig(name="train", **run.ray_storage(), checkpoint_config=CheckpointConfig(num_to_keep=2),
+                             failure_config=FailureConfig(max_failures=cfg.max_failures), callbacks=callbacks),
     )
-    own = ", ".join(f"{k}={v}" for k, v in dataclasses.asdict(cfg.settings).items())
-    log(f"pretraining {cfg.method}/{cfg.backbone} on {cfg.dataset} ({own}), {cfg.workers} worker(s) -> {run}")
+
+
+def fit(trainer):
+    """trainer.fit(); a user's mistake found inside a worker becomes its one-line error."""
     try:
         result = trainer.fit()
     except Exception as e:
@@ -140,13 +153,7 @@ def pretrain(cfg: PretrainConfig, address: str | None = None, log=print, callbac
         if message:
             raise TrainingError(message)
         raise result.error
-    failure = run.read_text(FAILURE_FILE)
-    if failure is not None:
-        raise TrainingError(json.loads(failure)["error"])
-    from rrdist.models.backbone_file import BACKBONE_FILE
-
-    run.pull("config.yaml", "metrics.jsonl", BACKBONE_FILE)  # a run at a URI: evaluations read the working copy
-    return PretrainResult(run.local, last_metrics(run.local) or dict(result.metrics or {}), resumed)
+    return result
 
 
 def last_metrics(run_dir: Path) -> dict[str, Any]:

@@ -98,52 +98,21 @@ def run_sweep(space: str | Path, root: str, out: str | Path = "runs/sweeps", add
     A Ctrl-C ends the running trials as interrupted, writes the report, then raises
     KeyboardInterrupt: running the same sweep again continues them.
     """
-    from rrdist.data.beton import ensure_prepared
-    from rrdist.data.staging import remote_manifest
     from rrdist.train.trainer import init_ray
     from rrdist.tune.report import write_report
 
     spec = load(space)
     sweep_dir = join(out, spec.name)
-    folder, parent = RunFolder(sweep_dir), RunFolder(out)
+    folder = RunFolder(sweep_dir)
     root = str(Path(root).expanduser().resolve())
     sweep = {"spec": spec.to_dict(), "root": root}
-    saved = folder.read_text("sweep.yaml")
-    if saved is not None:
-        if (yaml.safe_load(saved) or {}).get("spec") != sweep["spec"]:
-            raise ConfigError(f"{folder} holds a sweep of another space: use the same space to resume it, "
-                              f"or set another 'name' (or --out)")
-    elif resume:
-        raise ConfigError(f"nothing to resume in {folder}: run the sweep without --resume first")
-    for dataset in _datasets(spec):  # once, here, rather than racing in concurrent trials
-        if data_uri:  # each trial's workers copy it to their node; here only check that it is there
-            remote_manifest(data_uri, dataset)
-        else:
-            ensure_prepared(dataset, root, log=log)
+    check_sweep_folder(folder, sweep, resume)
+    scheduler = _scheduler(spec)  # built (and so checked) before anything is written
+    prepare_data(spec, root, data_uri, log)
     folder.write_text("sweep.yaml", yaml.safe_dump(sweep, sort_keys=False))
-
     init_ray(address)
-    from ray import tune
-
-    trainable = tune.with_resources(
-        tune.with_parameters(run_trial, context=SweepContext(spec.to_dict(), sweep_dir, root, data_uri)),
-        {"cpu": 0.01})  # a trial's driver mostly waits on its Train workers, which hold the resources
-    # Tune's own state (for restoring) goes beside the trials, through the bucket's filesystem at a URI.
-    tune_fs = {"storage_filesystem": folder.fs} if folder.remote else {}
-    if tune.Tuner.can_restore(folder.path, **tune_fs):
-        log(f"resuming the sweep in {folder}: finished trials are kept, interrupted ones continue")
-        tuner = tune.Tuner.restore(folder.path, trainable=trainable, resume_unfinished=True, resume_errored=True,
-                                   **tune_fs)
-    else:
-        log(f"sweep {spec.name}: {spec.trial_count()} trials -> {folder}")
-        tuner = tune.Tuner(
-            trainable, param_space=param_space(spec),
-            tune_config=tune.TuneConfig(num_samples=spec.samples, max_concurrent_trials=spec.concurrency or None,
-                                        scheduler=_scheduler(spec)),
-            run_config=tune.RunConfig(name=spec.name, **parent.ray_storage(),
-                                      callbacks=[_summary_callback()],
-                                      failure_config=tune.FailureConfig(max_failures=0)))
-    results = tuner.fit()
+    context = SweepContext(spec.to_dict(), sweep_dir, root, data_uri)
+    results = build_tuner(spec, scheduler, folder, RunFolder(out), context, log).fit()
     interrupted = _record_unfinished(sweep_dir, spec, results, root, data_uri)
     log(write_report(sweep_dir))
     if interrupted:
@@ -154,3 +123,47 @@ def run_sweep(space: str | Path, root: str, out: str | Path = "runs/sweeps", add
     if interrupted:  # Tune swallowed the Ctrl-C to end the trials cleanly; the caller still sees it
         raise KeyboardInterrupt(f"{len(interrupted)} trial(s) interrupted")
     return sweep_dir if folder.remote else Path(sweep_dir)
+
+
+def check_sweep_folder(folder: RunFolder, sweep: dict[str, Any], resume: bool) -> None:
+    """Refuse a folder holding a sweep of another space, and a resume of nothing."""
+    saved = folder.read_text("sweep.yaml")
+    if saved is not None:
+        if (yaml.safe_load(saved) or {}).get("spec") != sweep["spec"]:
+            raise ConfigError(f"{folder} holds a sweep of another space: use the same space to resume it, "
+                              f"or set another 'name' (or --out)")
+    elif resume:
+        raise ConfigError(f"nothing to resume in {folder}: run the sweep without --resume first")
+
+
+def prepare_data(spec: SweepSpec, root: str, data_uri: str | None, log) -> None:
+    """Every dataset of the sweep, once, here, rather than racing in concurrent trials."""
+    from rrdist.data.beton import ensure_prepared
+    from rrdist.data.staging import remote_manifest
+
+    for dataset in _datasets(spec):
+        if data_uri:  # each trial's workers copy it to their node; here only check that it is there
+            remote_manifest(data_uri, dataset)
+        else:
+            ensure_prepared(dataset, root, log=log)
+
+
+def build_tuner(spec: SweepSpec, scheduler, folder: RunFolder, parent: RunFolder, context: SweepContext, log):
+    """A new Tuner over the space, or the restored one of an interrupted sweep in `folder`."""
+    from ray import tune
+
+    trainable = tune.with_resources(tune.with_parameters(run_trial, context=context),
+                                    {"cpu": 0.01})  # a trial's driver mostly waits on its Train workers
+    # Tune's own state (for restoring) goes beside the trials, through the bucket's filesystem at a URI.
+    tune_fs = {"storage_filesystem": folder.fs} if folder.remote else {}
+    if tune.Tuner.can_restore(folder.path, **tune_fs):
+        log(f"resuming the sweep in {folder}: finished trials are kept, interrupted ones continue")
+        return tune.Tuner.restore(folder.path, trainable=trainable, resume_unfinished=True, resume_errored=True,
+                                  **tune_fs)
+    log(f"sweep {spec.name}: {spec.trial_count()} trials -> {folder}")
+    return tune.Tuner(
+        trainable, param_space=param_space(spec),
+        tune_config=tune.TuneConfig(num_samples=spec.samples, max_concurrent_trials=spec.concurrency or None,
+                                    scheduler=scheduler),
+        run_config=tune.RunConfig(name=spec.name, **parent.ray_storage(), callbacks=[_summary_callback()],
+                                  failure_config=tune.FailureConfig(max_failures=0)))

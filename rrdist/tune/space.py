@@ -27,22 +27,26 @@ from pathlib import Path
 from typing import Any
 
 
-from rrdist.config import PretrainConfig, read_yaml
+from rrdist.config import PretrainConfig, convert, read_yaml
 from rrdist.errors import ConfigError
-from rrdist.methods import METHODS, all_keys, config_from_dict, setting_owners
+from rrdist.methods import METHODS, all_keys, config_from_dict, default_method, setting_owners
+from rrdist.monitors import figure_names
 
 TOP_KEYS = ("name", "fixed", "axes", "seeds", "samples", "trial", "concurrency", "scheduler", "evaluations",
             "per_method")
 AXIS_KINDS = ("grid", "choice", "uniform", "loguniform", "points")
-TRIAL_KEYS = {"workers": int, "cpus_per_worker": int, "gpus_per_worker": float, "loader_workers": int}
+TRIAL_KEYS = {"workers": "int", "cpus_per_worker": "int", "gpus_per_worker": "float", "loader_workers": "int"}
+DEFAULT_TRIAL = {"workers": 1, "cpus_per_worker": 1, "gpus_per_worker": 0.0}
 # Set by the sweep itself, not by a space: where trials live and what resources they get.
 NOT_SWEEPABLE = ("out", "root", "seed", "workers", "cpus_per_worker", "gpus_per_worker", "use_gpu", "loader_workers")
 EVALUATIONS = {"linear": "trained", "linear_random": "random", "finetune": "trained",
                "retrieval": "trained"}  # name -> backbone weights evaluated
-_LINEAR_KEYS = {"epochs": int, "batch_size": int, "lr": float}
-EVAL_KEYS = {"linear": _LINEAR_KEYS, "linear_random": _LINEAR_KEYS, "finetune": {"epochs": int, "batch_size": int},
-             "retrieval": {"per_class": int}}
-ASHA_KEYS = {"metric": str, "mode": str, "grace_period": int, "reduction_factor": float}
+_LINEAR_KEYS = {"epochs": "int", "batch_size": "int", "lr": "float"}
+EVAL_KEYS = {"linear": _LINEAR_KEYS, "linear_random": _LINEAR_KEYS, "finetune": {"epochs": "int", "batch_size": "int"},
+             "retrieval": {"per_class": "int"}}
+DEFAULT_EVALUATIONS = {"linear": {}}
+ASHA_KEYS = {"metric": "str", "mode": "str", "grace_period": "int", "reduction_factor": "float"}
+DEFAULT_ASHA = {"metric": "loss", "mode": "min", "grace_period": 1, "reduction_factor": 2.0}
 
 
 @dataclass
@@ -52,10 +56,10 @@ class SweepSpec:
     axes: dict[str, dict[str, list]]
     seeds: list[int]
     samples: int = 1
-    trial: dict[str, Any] = field(default_factory=lambda: {"workers": 1, "cpus_per_worker": 1, "gpus_per_worker": 0.0})
+    trial: dict[str, Any] = field(default_factory=lambda: dict(DEFAULT_TRIAL))
     concurrency: int = 0
     scheduler: dict[str, Any] | None = None  # None: FIFO; else ASHA settings
-    evaluations: dict[str, dict[str, Any]] = field(default_factory=lambda: {"linear": {}})
+    evaluations: dict[str, dict[str, Any]] = field(default_factory=lambda: dict(DEFAULT_EVALUATIONS))
     per_method: dict[str, dict[str, Any]] = field(default_factory=dict)
     source: str = "space"
 
@@ -79,7 +83,7 @@ class SweepSpec:
                      data_uri: str | None = None) -> PretrainConfig:
         gpus = float(self.trial.get("gpus_per_worker", 0) or 0)
         values = self.settings(values)
-        method = values.get("method", self.fixed.get("method")) or next(iter(METHODS))
+        method = values.get("method", self.fixed.get("method")) or default_method()
         owners = setting_owners()  # a fixed setting of some methods applies to their trials only
         fixed = {k: v for k, v in self.fixed.items() if k not in owners or method in owners[k]}
         data = {**fixed, **self.per_method.get(method, {}), **values,
@@ -113,64 +117,122 @@ def _fail(source: str, key: str, why: str) -> None:
     raise ConfigError(f"{source}: '{key}' {why}")
 
 
+def typed_block(raw: Any, kinds: dict[str, str], source: str, where: str, what: str) -> dict[str, Any]:
+    """A block of named values (trial resources, an evaluation's or a scheduler's settings): a
+    mapping of known keys, each converted to its kind by the run configuration's rule."""
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        _fail(source, where, f"must be a mapping of {what}: {', '.join(kinds)}")
+    out = {}
+    for key, value in raw.items():
+        if key not in kinds:
+            _fail(source, f"{where}.{key}", f"is not {what}: use {', '.join(kinds)}")
+        out[key] = convert(value, kinds[key], f"{where}.{key}", source)
+    return out
+
+
+def at_least(source: str, where: str, values: dict[str, Any], lowest: dict[str, float]) -> None:
+    for key, low in lowest.items():
+        if key in values and not values[key] >= low:
+            _fail(source, f"{where}.{key}", f"must be at least {low:g} (got {values[key]})")
+
+
+def count(data: dict, key: str, source: str, default: int, low: int, meaning: str) -> int:
+    value = data.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        _fail(source, key, f"must be an integer >= {low}{meaning}")
+    return value
+
+
 def parse(data: Any, source: str = "space", default_name: str = "sweep") -> SweepSpec:
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: a search space must be a mapping of {', '.join(TOP_KEYS)}")
     for key in data:
         if key not in TOP_KEYS:
             _fail(source, key, f"is not a search-space key: use {', '.join(TOP_KEYS)}")
-    config_keys = all_keys()
+    fixed = read_fixed(data.get("fixed"), source)
+    axes = read_axes(data.get("axes"), fixed, source)
+    spec = SweepSpec(name=str(data.get("name") or default_name), fixed=fixed, axes=axes,
+                     seeds=read_seeds(data.get("seeds", 1), source),
+                     samples=count(data, "samples", source, 1, 1, ""),
+                     trial=read_trial(data.get("trial"), source),
+                     concurrency=count(data, "concurrency", source, 0, 0, " (0: as many as fit)"),
+                     scheduler=read_scheduler(data.get("scheduler", "fifo"), source),
+                     evaluations=read_evaluations(data.get("evaluations", dict(DEFAULT_EVALUATIONS)), source),
+                     per_method=read_per_method(data.get("per_method"), axes, source), source=source)
+    check_points(spec)
+    return spec
 
-    fixed = data.get("fixed") or {}
+
+def read_fixed(fixed: Any, source: str) -> dict[str, Any]:
+    fixed = fixed or {}
     if not isinstance(fixed, dict):
         _fail(source, "fixed", "must be a mapping of settings")
+    config_keys = all_keys()
     for key in fixed:
         if key not in config_keys:
             _fail(source, f"fixed.{key}", f"is not a setting: use {', '.join(config_keys)}")
         if key in NOT_SWEEPABLE:
             _fail(source, f"fixed.{key}", "is set by the sweep itself (see 'trial', 'seeds' and --root)")
+    return fixed
 
-    axes = data.get("axes") or {}
+
+def read_axes(axes: Any, fixed: dict[str, Any], source: str) -> dict[str, dict[str, list]]:
+    axes = axes or {}
     if not isinstance(axes, dict):
         _fail(source, "axes", "must be a mapping of setting: {grid|choice|uniform|loguniform: values}")
     for key, spec in axes.items():
-        where = f"axes.{key}"
         if isinstance(spec, dict) and list(spec) == ["points"]:  # a named list of setting bundles
-            values = spec["points"]
-            if key in config_keys:
-                _fail(source, where, "a points axis names variants, not a setting: call it e.g. 'variant'")
-            if not isinstance(values, list) or not values:
-                _fail(source, f"{where}.points", "must be a non-empty list like [aggregation=sum, head=dot+K=16]")
-            for point in values:
-                parts = str(point).split("+")
-                if not all("=" in part for part in parts):
-                    _fail(source, f"{where}.points", f"'{point}' is not setting=value[+setting=value]")
-                for name in (part.split("=", 1)[0] for part in parts):
-                    if name not in config_keys or name in NOT_SWEEPABLE:
-                        _fail(source, f"{where}.points", f"'{name}' in '{point}' is not a setting a sweep can vary")
-                    if name in axes:
-                        _fail(source, f"{where}.points", f"'{name}' is also an axis: keep it in one place")
-            continue
-        if key not in config_keys:
-            _fail(source, where, f"is not a setting: use {', '.join(config_keys)}")
-        if key in NOT_SWEEPABLE:
-            _fail(source, where, "cannot be swept (seeds come from 'seeds', resources from 'trial')")
-        if not isinstance(spec, dict) or len(spec) != 1 or next(iter(spec)) not in AXIS_KINDS:
-            _fail(source, where, f"must be one of {{{': [...]}, {'.join(AXIS_KINDS)}: [...]}}")
-        (kind, values), = spec.items()
-        if not isinstance(values, list) or not values:
-            _fail(source, f"{where}.{kind}", "must be a non-empty list")
-        if kind in ("uniform", "loguniform"):
-            if len(values) != 2 or not all(isinstance(v, (int, float)) for v in values) or values[0] >= values[1]:
-                _fail(source, f"{where}.{kind}", "must be [low, high] with low < high")
-            if kind == "loguniform" and values[0] <= 0:
-                _fail(source, f"{where}.{kind}", "needs low > 0")
-        if key in fixed:
-            _fail(source, where, "is also in 'fixed': keep it in one place")
+            check_points_axis(key, spec["points"], axes, source)
+        else:
+            check_axis(key, spec, fixed, source)
+    return axes
 
-    per_method = data.get("per_method") or {}
+
+def check_points_axis(key: str, values: Any, axes: dict, source: str) -> None:
+    where, config_keys = f"axes.{key}.points", all_keys()
+    if key in config_keys:
+        _fail(source, f"axes.{key}", "a points axis names variants, not a setting: call it e.g. 'variant'")
+    if not isinstance(values, list) or not values:
+        _fail(source, where, "must be a non-empty list like [aggregation=sum, head=dot+K=16]")
+    for point in values:
+        parts = str(point).split("+")
+        if not all("=" in part for part in parts):
+            _fail(source, where, f"'{point}' is not setting=value[+setting=value]")
+        for name in (part.split("=", 1)[0] for part in parts):
+            if name not in config_keys or name in NOT_SWEEPABLE:
+                _fail(source, where, f"'{name}' in '{point}' is not a setting a sweep can vary")
+            if name in axes:
+                _fail(source, where, f"'{name}' is also an axis: keep it in one place")
+
+
+def check_axis(key: str, spec: Any, fixed: dict[str, Any], source: str) -> None:
+    where = f"axes.{key}"
+    if key not in all_keys():
+        _fail(source, where, f"is not a setting: use {', '.join(all_keys())}")
+    if key in NOT_SWEEPABLE:
+        _fail(source, where, "cannot be swept (seeds come from 'seeds', resources from 'trial')")
+    if not isinstance(spec, dict) or len(spec) != 1 or next(iter(spec)) not in AXIS_KINDS:
+        _fail(source, where, f"must be one of {{{': [...]}, {'.join(AXIS_KINDS)}: [...]}}")
+    (kind, values), = spec.items()
+    if not isinstance(values, list) or not values:
+        _fail(source, f"{where}.{kind}", "must be a non-empty list")
+    if kind in ("uniform", "loguniform"):
+        if len(values) != 2 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values) \
+                or values[0] >= values[1]:
+            _fail(source, f"{where}.{kind}", "must be [low, high] with low < high")
+        if kind == "loguniform" and values[0] <= 0:
+            _fail(source, f"{where}.{kind}", "needs low > 0")
+    if key in fixed:
+        _fail(source, where, "is also in 'fixed': keep it in one place")
+
+
+def read_per_method(per_method: Any, axes: dict, source: str) -> dict[str, dict[str, Any]]:
+    per_method = per_method or {}
     if not isinstance(per_method, dict):
         _fail(source, "per_method", "must be a mapping of method: {setting: value}")
+    shared = {f.name for f in PretrainConfig.shared_fields()}
     for method, settings in per_method.items():
         if method not in METHODS:
             _fail(source, f"per_method.{method}", f"is not a method: use {', '.join(sorted(METHODS))}")
@@ -178,90 +240,80 @@ def parse(data: Any, source: str = "space", default_name: str = "sweep") -> Swee
             _fail(source, f"per_method.{method}", "must be a mapping of settings")
         for key in settings:
             where = f"per_method.{method}.{key}"
-            if key == "method" or key not in {f.name for f in PretrainConfig.shared_fields()} | {
-                    f.name for f in fields(METHODS[method].Settings)}:
+            if key == "method" or key not in shared | {f.name for f in fields(METHODS[method].Settings)}:
                 _fail(source, where, f"is not a setting {method}'s trials can change")
             if key in NOT_SWEEPABLE:
                 _fail(source, where, "is set by the sweep itself (see 'trial', 'seeds' and --root)")
             if key in axes:
                 _fail(source, where, "is also an axis: keep it in one place")
+    return per_method
 
-    seeds = data.get("seeds", 1)
+
+def read_seeds(seeds: Any, source: str) -> list[int]:
     if isinstance(seeds, bool) or not (isinstance(seeds, int) and seeds >= 1 or
-                                       isinstance(seeds, list) and seeds and all(isinstance(s, int) for s in seeds)):
+                                       isinstance(seeds, list) and seeds and
+                                       all(isinstance(s, int) and not isinstance(s, bool) for s in seeds)):
         _fail(source, "seeds", "must be a count >= 1 or a list of integer seeds")
-    seed_list = list(range(seeds)) if isinstance(seeds, int) else list(seeds)
+    return list(range(seeds)) if isinstance(seeds, int) else list(seeds)
 
-    samples = data.get("samples", 1)
-    if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
-        _fail(source, "samples", "must be an integer >= 1")
 
-    trial = {"workers": 1, "cpus_per_worker": 1, "gpus_per_worker": 0.0}
-    for key, value in (data.get("trial") or {}).items():
-        if key not in TRIAL_KEYS:
-            _fail(source, f"trial.{key}", f"is not a trial setting: use {', '.join(TRIAL_KEYS)}")
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-            _fail(source, f"trial.{key}", "must be a number >= 0")
-        trial[key] = TRIAL_KEYS[key](value)
-    if trial["workers"] < 1 or trial["cpus_per_worker"] < 1:
-        _fail(source, "trial", "needs workers >= 1 and cpus_per_worker >= 1")
+def read_trial(raw: Any, source: str) -> dict[str, Any]:
+    trial = {**DEFAULT_TRIAL, **typed_block(raw, TRIAL_KEYS, source, "trial", "a trial setting")}
+    at_least(source, "trial", trial, {"workers": 1, "cpus_per_worker": 1, "gpus_per_worker": 0, "loader_workers": 1})
+    return trial
 
-    concurrency = data.get("concurrency", 0)
-    if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 0:
-        _fail(source, "concurrency", "must be an integer >= 0 (0: as many as fit)")
 
-    scheduler_raw = data.get("scheduler", "fifo")
-    scheduler = None
-    if isinstance(scheduler_raw, dict) and set(scheduler_raw) == {"asha"}:
-        scheduler = {"metric": "loss", "mode": "min", "grace_period": 1, "reduction_factor": 2.0}
-        for key, value in (scheduler_raw["asha"] or {}).items():
-            if key not in ASHA_KEYS:
-                _fail(source, f"scheduler.asha.{key}", f"is not an ASHA setting: use {', '.join(ASHA_KEYS)}")
-            scheduler[key] = ASHA_KEYS[key](value)
-        if scheduler["mode"] not in ("min", "max"):
-            _fail(source, "scheduler.asha.mode", "must be min or max")
-        metrics = epoch_metric_names()
-        if scheduler["metric"] not in metrics:
-            _fail(source, "scheduler.asha.metric", f"must be a per-epoch metric: {', '.join(metrics)}")
-    elif scheduler_raw != "fifo":
+def read_scheduler(raw: Any, source: str) -> dict[str, Any] | None:
+    """None for FIFO; else the ASHA settings, checked against what trials report."""
+    if raw == "fifo":
+        return None
+    if not (isinstance(raw, dict) and set(raw) == {"asha"}):
         _fail(source, "scheduler", "must be fifo or {asha: {...}}")
+    scheduler = {**DEFAULT_ASHA, **typed_block(raw["asha"], ASHA_KEYS, source, "scheduler.asha", "an ASHA setting")}
+    if scheduler["mode"] not in ("min", "max"):
+        _fail(source, "scheduler.asha.mode", "must be min or max")
+    at_least(source, "scheduler.asha", scheduler, {"grace_period": 1, "reduction_factor": 2})
+    metrics = epoch_metric_names()
+    if scheduler["metric"] not in metrics:
+        _fail(source, "scheduler.asha.metric", f"must be a per-epoch metric: {', '.join(metrics)}")
+    return scheduler
 
-    evaluations_raw = data.get("evaluations", {"linear": {}})
-    if isinstance(evaluations_raw, list):
-        evaluations_raw = {name: {} for name in evaluations_raw}
-    if not isinstance(evaluations_raw, dict):
+
+def read_evaluations(raw: Any, source: str) -> dict[str, dict[str, Any]]:
+    if isinstance(raw, list):
+        raw = {name: {} for name in raw}
+    if not isinstance(raw, dict):
         _fail(source, "evaluations", f"must be a mapping of {', '.join(EVALUATIONS)}")
     evaluations = {}
-    for name, settings in evaluations_raw.items():
+    for name, settings in raw.items():
         if name not in EVALUATIONS:
             _fail(source, f"evaluations.{name}", f"is not an evaluation: use {', '.join(EVALUATIONS)}")
-        settings = settings or {}
-        for key, value in settings.items():
-            if key not in EVAL_KEYS[name]:
-                _fail(source, f"evaluations.{name}.{key}", f"is not a setting: use {', '.join(EVAL_KEYS[name])}")
-            settings[key] = EVAL_KEYS[name][key](value)
-        evaluations[name] = settings
+        where = f"evaluations.{name}"
+        evaluations[name] = typed_block(settings, EVAL_KEYS[name], source, where, "a setting")
+        at_least(source, where, evaluations[name], {"epochs": 1, "batch_size": 1, "per_class": 1})
+        if evaluations[name].get("lr", 1.0) <= 0:
+            _fail(source, f"{where}.lr", f"must be > 0 (got {evaluations[name]['lr']})")
+    return evaluations
 
-    spec = SweepSpec(name=str(data.get("name") or default_name), fixed=fixed, axes=axes, seeds=seed_list,
-                     samples=samples, trial=trial, concurrency=concurrency, scheduler=scheduler,
-                     evaluations=evaluations, per_method=per_method, source=source)
+
+def check_points(spec: SweepSpec) -> None:
+    """Every grid point must be a valid run, and every method setting in 'fixed' must reach a trial."""
     methods = set()
-    for point in spec.grid_points():  # every grid point must be a valid run
+    for point in spec.grid_points():
         try:
-            methods.add(spec.trial_config(point, seed_list[0], root="data", out="runs/x").validate().method)
+            methods.add(spec.trial_config(point, spec.seeds[0], root="data", out="runs/x").validate().method)
         except ConfigError as e:
-            raise ConfigError(f"{source}: the point {point} is invalid: {e}") from None
+            raise ConfigError(f"{spec.source}: the point {point} is invalid: {e}") from None
     owners = setting_owners()
-    for key in fixed:  # a method's setting must reach at least one trial, or it is a mistake
+    for key in spec.fixed:
         if key in owners and not methods & set(owners[key]):
-            _fail(source, f"fixed.{key}", f"is a setting of {', '.join(owners[key])}, which this sweep does not run")
-    return spec
+            _fail(spec.source, f"fixed.{key}", f"is a setting of {', '.join(owners[key])}, which this sweep does not run")
 
 
 def epoch_metric_names() -> list[str]:
-    """What every epoch reports that a scheduler can act on: the methods' metrics and the probe's."""
+    """What every epoch reports that a scheduler can act on: the methods' metrics and the monitors' figures."""
     names = {n: None for method in METHODS.values() for n in method.metric_names}
-    return [*names, "probe_acc", "knn_acc"]
+    return [*names, *figure_names()]
 
 
 def load(path: str | Path) -> SweepSpec:

@@ -6,10 +6,11 @@ when the sweep is resumed.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from rrdist.monitors import MONITORS, adopt
 from rrdist.storage import working_copy
 from rrdist.tune.records import read_record, sweep_trial, write_record
 
@@ -20,6 +21,7 @@ class SweepContext:
     sweep_dir: str  # a path or a URI
     root: str
     data_uri: str | None = None  # prepared data that each node copies to its `root`
+    monitors: dict[str, type] = field(default_factory=lambda: dict(MONITORS))  # the driver's registry
 
 
 def run_evaluation(run_dir: Path, evaluation: str, settings: dict[str, Any]) -> float:
@@ -49,6 +51,7 @@ def run_trial(params: dict[str, Any], context: SweepContext) -> None:
     from rrdist.train.trainer import pretrain
     from rrdist.tune.space import parse
 
+    adopt(context.monitors)  # before the space is read: it may name their settings and figures
     spec = parse(context.spec, source="sweep.yaml")
     trial = sweep_trial(spec, params, tune.get_context().get_trial_id(), context.sweep_dir, context.root,
                         context.data_uri)
