@@ -105,15 +105,15 @@ def _add_monitor_flags(pre: argparse.ArgumentParser) -> None:
 
 
 def _add_flag(group, f, text: str) -> None:
-    from rrdist.config import TYPES
+    from rrdist.config import TYPES, type_name
 
     flag = "--K" if f.name == "K" else "--" + f.name.replace("_", "-")
-    if f.type == "bool":
+    if type_name(f) == "bool":
         action = argparse.BooleanOptionalAction if f.default else "store_const"
         extra = {} if f.default else {"const": True}
         group.add_argument(flag, dest=f.name, action=action, default=None, help=text, **extra)
         return
-    group.add_argument(flag, dest=f.name, type=TYPES[f.type], default=None, metavar=f.name.upper(), help=text)
+    group.add_argument(flag, dest=f.name, type=TYPES[type_name(f)], default=None, metavar=f.name.upper(), help=text)
 
 
 def _run_copy(run: str):

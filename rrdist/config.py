@@ -57,6 +57,11 @@ def help_of(f) -> str:
 TYPES = {"int": int, "float": float, "str": str, "bool": bool}  # a field's declared type name -> its type
 
 
+def type_name(f) -> str:
+    """A dataclass field's type as a name ("int", ...): a string where its module postpones annotations."""
+    return f.type if isinstance(f.type, str) else f.type.__name__
+
+
 def convert(value: Any, kind: str, key: str, source: str | Path | None = None) -> Any:
     """`value` as a `kind` ("int", "float", "str", "bool"), strictly: no bool as a number, no
     fraction as an integer, no number as a flag; a one-line ConfigError naming the key otherwise.
@@ -91,7 +96,7 @@ def convert(value: Any, kind: str, key: str, source: str | Path | None = None) -
 def typed_values(cls: type, data: dict[str, Any], source: str) -> dict[str, Any]:
     """data's values converted to the types of the dataclass `cls`'s fields (one-line errors)."""
     known = {f.name: f for f in fields(cls)}
-    return {name: convert(value, known[name].type, name, source) for name, value in data.items()}
+    return {name: convert(value, type_name(known[name]), name, source) for name, value in data.items()}
 
 
 @dataclass

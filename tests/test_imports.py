@@ -107,3 +107,20 @@ def test_no_method_name_outside_its_own_file_and_the_registry():
             # "random" is also a word of its own: initial weights (--init random), t-SNE's initialisation.
             if path != own[name] and name != "random":
                 assert name not in strings, f"'{name}' written in {path.relative_to(PACKAGE.parent)}"
+
+
+def long_functions(limit: int = 60) -> list[str]:
+    """Functions (and methods) of the package longer than `limit` lines, with their decorators."""
+    found = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                first = min([node.lineno] + [d.lineno for d in node.decorator_list])
+                if node.end_lineno - first + 1 > limit:
+                    found.append(f"{path.relative_to(PACKAGE.parent)}:{node.lineno} {node.name}")
+    return found
+
+
+def test_no_function_is_longer_than_60_lines():
+    assert long_functions(limit=5)  # the reader finds functions, so the check below can fail
+    assert long_functions() == []

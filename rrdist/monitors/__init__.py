@@ -44,6 +44,6 @@ def figure_names() -> list[str]:
     return [figure for cls in MONITORS.values() for figure in cls.figures]
 
 
-def build_monitors(settings: dict[str, object], context: MonitorContext) -> list[Monitor]:
-    """The enabled monitors of a run, from its settings per monitor name."""
-    return [MONITORS[name](s, context) for name, s in settings.items() if s.enabled()]
+def build_monitors(settings: dict[str, object], context: MonitorContext) -> dict[str, Monitor]:
+    """The enabled monitors of a run by name, from its settings per monitor name."""
+    return {name: MONITORS[name](s, context) for name, s in settings.items() if s.enabled()}
