@@ -203,8 +203,15 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse's errors as one line naming the fix (not the whole usage block), exit 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"rrdist: error: {message} (see `{self.prog} --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="rrdist", description=__doc__)
+    parser = OneLineParser(prog="rrdist", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     for add in (_data_parser, _pretrain_parser, _evaluate_parser, _sweep_parser, _report_parser, _submit_parser,
                 _jobs_parser, _demo_parser):

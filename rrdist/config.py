@@ -19,6 +19,8 @@ from rrdist.errors import ConfigError, first_line
 def read_yaml(path: str | Path, missing_hint: str) -> Any:
     """A YAML file's content; a one-line ConfigError when it is missing or not YAML."""
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"{path} is a folder, not a YAML file: {missing_hint}")
     if not path.is_file():
         raise ConfigError(f"{path} does not exist: {missing_hint}")
     return parse_yaml(path.read_text(), path)

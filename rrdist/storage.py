@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Iterator
 
 from rrdist import atomic
-from rrdist.errors import DataError, first_line
+from rrdist.errors import ConfigError, DataError, first_line
 
 _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 
@@ -206,3 +206,18 @@ def _file_stamps(folder: Path, names: tuple[str, ...]) -> dict[str, tuple[int, i
                 st = path.stat()
                 stamps[path.relative_to(folder).as_posix()] = (st.st_size, st.st_mtime_ns)
     return stamps
+
+
+def check_folder(path: str | os.PathLike, flag: str) -> None:
+    """A folder to read or write: refused in one line if it is a file, or if it (or, when it does not
+    exist yet, its nearest existing parent) cannot be written."""
+    folder = Path(path).expanduser().resolve()
+    if folder.exists() and not folder.is_dir():
+        raise ConfigError(f"{flag} {path} is a file, not a folder: pass a folder")
+    existing = folder
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ConfigError(f"{flag} {path} lies under the file {existing}: pass a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"{flag} {path} cannot be written ({existing} is not writable): pass a folder you can write")

@@ -54,6 +54,28 @@ def test_truncated_checkpoint_falls_back_to_the_previous_one(digits_root, tmp_pa
     # epoch 2 is redone from epoch 1's checkpoint; its first log line goes with the broken checkpoint
     assert logged_epochs(run_dir) == [1, 2, 3]
     assert final_state(run_dir, 3)["epoch"] == 3
+    # The redone epoch's checkpoint has a name of its own, so pruning the broken one (Ray keeps two)
+    # did not delete it: the two newest good checkpoints are there.
+    kept = {d.name: torch.load(d / "state.pt", weights_only=True)["epoch"] for d in (run_dir / "train").iterdir()
+            if d.name.startswith("epoch_")}
+    assert kept == {"epoch_0002-2": 2, "epoch_0003": 3}
+
+
+def test_no_readable_checkpoint_stops_at_once_in_one_line(digits_root, tmp_path):
+    """Every checkpoint broken: the workers say so and end (no restart could read one either); the
+    driver raises the one line, and the broken files are left for the user to look at."""
+    from rrdist.errors import TrainingError
+    from rrdist.train.epoch_log import FAILURE_FILE
+
+    run_dir = pretrain(config(digits_root, tmp_path / "run", epochs=1, workers=1), **QUIET).run_dir
+    state = run_dir / "train" / "epoch_0001" / "state.pt"
+    state.write_bytes(b"not a checkpoint")
+    with pytest.raises(TrainingError, match="no readable checkpoint") as raised:
+        pretrain(config(digits_root, tmp_path / "run", epochs=2, workers=1, max_failures=3), **QUIET)
+    assert len(str(raised.value).splitlines()) == 1 and "new --out folder" in str(raised.value)
+    # Written by the workers, which ended normally: Ray Train did not restart them three times.
+    assert "no readable checkpoint" in json.loads((run_dir / FAILURE_FILE).read_text())["error"]
+    assert state.read_bytes() == b"not a checkpoint" and logged_epochs(run_dir) == [1]
 
 
 def test_killed_driver_resumes_with_the_same_command(digits_root, tmp_path):

@@ -18,6 +18,7 @@ import numpy as np
 from rrdist import atomic
 from rrdist.data.datasets import Split, get_spec
 from rrdist.errors import DataError
+from rrdist.storage import check_folder
 
 FORMAT_VERSION = 2  # 2: an `index` field (position in the split), for methods that label images
 
@@ -64,27 +65,53 @@ def _problems(directory: Path, manifest: dict[str, Any]) -> list[str]:
     return problems
 
 
-def read_manifest(dataset: str, root: str | os.PathLike) -> dict[str, Any] | None:
+def manifest_problem(manifest: Any) -> str | None:
+    """What is wrong with a manifest's shape (its keys and their kinds), or None."""
+    if not isinstance(manifest, dict):
+        return "is not a JSON object"
+    kinds = {"dataset": str, "image_size": int, "num_classes": int, "mean": list, "std": list, "splits": dict}
+    for key, kind in kinds.items():
+        if not isinstance(manifest.get(key), kind):
+            return f"lacks a valid '{key}'"
+    for split, entry in manifest["splits"].items():
+        if not (isinstance(entry, dict) and isinstance(entry.get("file"), str) and
+                all(isinstance(entry.get(k), int) for k in ("n", "bytes")) and isinstance(entry.get("sha256"), str)):
+            return f"lacks a valid entry for the '{split}' split"
+    if "train" not in manifest["splits"] or len(manifest["mean"]) != 3 or len(manifest["std"]) != 3:
+        return "lacks the train split or the normalisation"
+    return None
+
+
+def read_manifest(dataset: str, root: str | os.PathLike, strict: bool = False) -> dict[str, Any] | None:
+    """The manifest of prepared data; None when there is none, or (unless `strict`) when it is damaged.
+    With `strict`, a damaged one is a one-line DataError naming the fix."""
     path = beton_dir(dataset, root) / "manifest.json"
     if not path.is_file():
         return None
     try:
         manifest = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
-    return manifest if manifest.get("format_version") == FORMAT_VERSION else None
+        if isinstance(manifest, dict) and manifest.get("format_version") != FORMAT_VERSION:
+            return None  # written by an older rrdist: prepared again
+        problem = manifest_problem(manifest)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        problem = f"is not valid JSON ({type(e).__name__})"
+    if problem is None:
+        return manifest
+    if strict:
+        raise DataError(f"{path} {problem}: run `rrdist data prepare {dataset} --root {root} --force` to write the "
+                        f"data again")
+    return None
 
 
 def load_manifest(dataset: str, root: str | os.PathLike) -> dict[str, Any]:
     """The verified manifest of prepared data; a one-line DataError naming the fix otherwise."""
     directory = beton_dir(dataset, root)
-    manifest = read_manifest(dataset, root)
-    fix = f"run `rrdist data prepare {dataset} --root {root}`"
+    manifest = read_manifest(dataset, root, strict=True)
     if manifest is None:
-        raise DataError(f"no prepared {dataset} data in {directory}: {fix}")
+        raise DataError(f"no prepared {dataset} data in {directory}: run `rrdist data prepare {dataset} --root {root}`")
     problems = _problems(directory, manifest)
     if problems:
-        raise DataError(f"{problems[0]}: {fix} --force to write it again")
+        raise DataError(f"{problems[0]}: run `rrdist data prepare {dataset} --root {root} --force` to write it again")
     manifest["dir"] = str(directory)
     return manifest
 
@@ -99,6 +126,9 @@ def prepare(dataset: str, root: str | os.PathLike, download: bool = False, image
             force: bool = False, num_workers: int | None = None, log=print) -> dict[str, Any]:
     """Write the .beton files of `dataset` unless valid ones exist; return the manifest."""
     spec = get_spec(dataset)
+    if image_size is not None and not 8 <= image_size <= 1024:
+        raise DataError(f"--image-size must be between 8 and 1024 pixels (got {image_size}): pass e.g. --image-size 32")
+    check_folder(root, "--root")
     directory = beton_dir(dataset, root)
     existing = read_manifest(dataset, root)
     if existing is not None and not force and not _problems(directory, existing):
@@ -137,7 +167,9 @@ def prepare(dataset: str, root: str | os.PathLike, download: bool = False, image
 
 
 def ensure_prepared(dataset: str, root: str | os.PathLike, log=print) -> dict[str, Any]:
-    """Verified manifest, writing the data first when nothing has been prepared yet."""
-    if read_manifest(dataset, root) is None:
+    """Verified manifest, writing the data first when nothing has been prepared yet (a damaged
+    manifest is reported, not silently replaced)."""
+    if read_manifest(dataset, root, strict=True) is None:
         return prepare(dataset, root, log=log)
     return load_manifest(dataset, root)
+

@@ -62,6 +62,11 @@ def image_loader(path: str | Path, batch_size: int, *, train: bool, num_workers:
 
     if batch_size % workers:
         raise ValueError(f"a global batch of {batch_size} cannot be split over {workers} workers")
+    if batch_size < 1 or num_workers < 1:  # settings, not the file: checked before FFCV sees them
+        raise DataError(f"a loader needs a batch size and decoding threads of at least 1 (got {batch_size} and "
+                        f"{num_workers}): pass --batch-size 1 or more")
+    if not Path(path).is_file():
+        raise DataError(f"{path} does not exist: run `rrdist data prepare` for its dataset")
 
     image = [SimpleRGBImageDecoder(), ToTensor()]
     label = [IntDecoder(), ToTensor()]
@@ -79,9 +84,9 @@ def image_loader(path: str | Path, batch_size: int, *, train: bool, num_workers:
             os_cache=True, drop_last=train if drop_last is None else drop_last,
             pipelines={"image": image, "label": label, "index": index}, seed=seed, batches_ahead=3,
             **({"indices": list(map(int, subset))} if subset is not None else {}))
-    except Exception as e:  # FFCV raises assorted errors on unreadable files
-        raise DataError(f"cannot read {path} ({type(e).__name__}: {first_line(e)}): "
-                        f"it may be corrupt, run `rrdist data prepare ... --force`") from None
+    except Exception as e:  # FFCV raises assorted errors on unreadable files; the settings are checked above
+        raise DataError(f"cannot read {path} ({type(e).__name__}: {first_line(e)}): it may be corrupt; "
+                        f"`rrdist data prepare <dataset> --root <root> --force` writes it again") from None
     finally:
         torch.set_num_threads(threads)  # FFCV's Loader changes the process-wide thread count
     return Batches(loader, indices)

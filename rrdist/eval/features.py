@@ -10,6 +10,7 @@ from typing import Any
 import torch
 
 from rrdist import atomic
+from rrdist.eval.results import evaluation_device
 from rrdist.config import PretrainConfig
 from rrdist.errors import DataError
 
@@ -36,7 +37,14 @@ def load_backbone(run_dir: Path, init: str) -> tuple[torch.nn.Module, PretrainCo
         path = run_dir / BACKBONE_FILE
         saved = load_backbone_file(path)
         backbone = build_backbone(cfg.backbone)
-        backbone.load_state_dict(saved["backbone"])
+        if not isinstance(saved, dict) or not isinstance(saved.get("backbone"), dict):
+            raise DataError(f"{path} holds no backbone weights: run the pretraining again (rrdist pretrain "
+                            f"--out {run_dir})")
+        try:
+            backbone.load_state_dict(saved["backbone"])
+        except RuntimeError:
+            raise DataError(f"{path} holds weights that are not a {cfg.backbone}, the backbone config.yaml names: "
+                            f"restore the run's own config.yaml or run the pretraining again") from None
         stat = path.stat()
         fingerprint = f"trained-{stat.st_size}-{stat.st_mtime_ns}"
     else:
@@ -76,7 +84,7 @@ def run_features(run_dir: str | Path, splits: tuple[str, ...], init: str = "trai
     run_dir = Path(run_dir).expanduser().resolve()
     backbone, cfg, fingerprint = load_backbone(run_dir, init)
     manifest = ensure_prepared(dataset or cfg.dataset, root or cfg.root, log=log)
-    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    dev = evaluation_device(device)
     out = {}
     for split in splits:
         feats, labels, _ = cached_features(run_dir, backbone, fingerprint, manifest, split, dev)

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from rrdist import atomic
+from rrdist.eval.results import at_least, evaluation_device, positive, result_stem
 from rrdist.progress import Progress
 
 
@@ -30,6 +31,11 @@ class FinetuneSettings:
     backbone_lr: float = 1e-4
     head_lr: float = 1e-3
     seed: int = 0
+
+    def validate(self) -> "FinetuneSettings":
+        at_least(vars(self), {"epochs": 1, "batch_size": 1})
+        positive({"backbone_lr": self.backbone_lr, "head_lr": self.head_lr})
+        return self
 
 
 def affine_matrices(n: int, generator: torch.Generator, p: float = 0.5, degrees: float = 18.0,
@@ -84,11 +90,11 @@ def evaluate_finetune(run_dir: str | Path, dataset: str | None = None, root: str
     from rrdist.eval.features import load_backbone
     from rrdist.schedules import step_lr
 
-    settings = settings or FinetuneSettings()
+    settings = (settings or FinetuneSettings()).validate()
+    dev = evaluation_device(device)
     run_dir = Path(run_dir).expanduser().resolve()
     backbone, cfg, _ = load_backbone(run_dir, "trained")
     manifest = ensure_prepared(dataset or cfg.dataset, root or cfg.root, log=log)
-    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     torch.manual_seed(settings.seed)
     generator = torch.Generator().manual_seed(settings.seed)
     before = [p.detach().clone() for p in backbone.parameters()]
@@ -122,12 +128,13 @@ def evaluate_finetune(run_dir: str | Path, dataset: str | None = None, root: str
             total += len(labels)
     change = math.sqrt(sum(float(((p.detach().cpu() - b) ** 2).sum()) for p, b in zip(backbone.parameters(), before)))
     name = manifest["dataset"]
+    stem = result_stem(run_dir, f"finetune-{name}", asdict(settings))
     atomic.torch_save({"backbone": backbone.state_dict(), "config": cfg.to_dict()},
-                      run_dir / "eval" / f"finetune-{name}-backbone.pt")
+                      run_dir / "eval" / f"{stem}-backbone.pt")
     result = {"evaluation": "finetune", "dataset": name, "pretrain_dataset": cfg.dataset,
               "test_accuracy": correct / max(total, 1), "settings": asdict(settings),
               "backbone_change_l2": change, "fit_s": round(time.perf_counter() - start, 3)}
-    atomic.write_json(run_dir / "eval" / f"finetune-{name}.json", result)
+    atomic.write_json(run_dir / "eval" / f"{stem}.json", result)
     with SummaryWriter(str(run_dir / "tb")) as writer:
         writer.add_scalar(f"eval/finetune_{name}", result["test_accuracy"], cfg.epochs)
     return result

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from rrdist import atomic
+from rrdist.eval.results import at_least, evaluation_device, positive, result_stem
 from rrdist.progress import Progress
 
 
@@ -24,6 +25,11 @@ class LinearSettings:
     lr: float = 1e-3
     batch_size: int = 128
     seed: int = 0
+
+    def validate(self) -> "LinearSettings":
+        at_least(vars(self), {"epochs": 1, "batch_size": 1})
+        positive({"lr": self.lr})
+        return self
 
 
 def fit_linear(train_x: torch.Tensor, train_y: torch.Tensor, num_classes: int, settings: LinearSettings,
@@ -96,7 +102,8 @@ def evaluate_linear(run_dir: str | Path, init: str = "trained", dataset: str | N
     from rrdist.data.beton import ensure_prepared
     from rrdist.eval.features import cached_features, load_backbone
 
-    settings = settings or LinearSettings()
+    settings = (settings or LinearSettings()).validate()
+    dev = evaluation_device(device)
     run_dir = Path(run_dir).expanduser().resolve()
     backbone, cfg, fingerprint = load_backbone(run_dir, init)
     dataset = dataset or cfg.dataset
@@ -105,7 +112,6 @@ def evaluate_linear(run_dir: str | Path, init: str = "trained", dataset: str | N
 
         stage(cfg.data_uri, dataset, cfg.root, log=log)
     manifest = ensure_prepared(dataset, root or cfg.root, log=log)
-    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     start = time.perf_counter()
     train_x, train_y, hit_train = cached_features(run_dir, backbone, fingerprint, manifest, "train", dev)
     test_x, test_y, hit_test = cached_features(run_dir, backbone, fingerprint, manifest, "test", dev)
@@ -119,7 +125,8 @@ def evaluate_linear(run_dir: str | Path, init: str = "trained", dataset: str | N
         "n_train": int(len(train_y)), "n_test": int(len(test_y)), "features_cached": hit_train and hit_test,
         "features_s": round(features_s, 3), "fit_s": round(time.perf_counter() - start, 3),
     }
-    atomic.write_json(run_dir / "eval" / f"linear-{init}-{dataset}.json", result)
+    stem = result_stem(run_dir, f"linear-{init}-{dataset}", result["settings"])
+    atomic.write_json(run_dir / "eval" / f"{stem}.json", result)
     with SummaryWriter(str(run_dir / "tb")) as writer:
         writer.add_scalar(f"eval/linear_{init}_{dataset}", result["test_accuracy"], cfg.epochs)
     return result

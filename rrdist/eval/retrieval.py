@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from rrdist import atomic
+from rrdist.eval.results import at_least, evaluation_device, result_stem
 
 KS = (10, 100, 1000)
 
@@ -81,6 +82,8 @@ def evaluate_retrieval(run_dir: str | Path, dataset: str | None = None, root: st
 
     from rrdist.eval.features import run_features, split_images
 
+    at_least({"per_class": per_class, "pictures": pictures}, {"per_class": 1, "pictures": 1})
+    evaluation_device(device)
     run_dir = Path(run_dir).expanduser().resolve()
     manifest, cfg, feats = run_features(run_dir, ("test",), dataset=dataset, root=root, device=device, log=log)
     features, labels = feats["test"]
@@ -93,13 +96,15 @@ def evaluate_retrieval(run_dir: str | Path, dataset: str | None = None, root: st
     top10 = nearest(features[shown], features, shown, 10)
     order = torch.cat([shown[:, None], top10], dim=1).reshape(-1)
     grid = retrieval_grid(split_images(manifest, "test", order), len(shown), top10.shape[1] + 1)
-    picture = run_dir / "eval" / f"retrieval-{name}.png"
+    settings = {"per_class": per_class, "seed": seed, "distance": "euclidean", "ks": list(KS)}
+    stem = result_stem(run_dir, f"retrieval-{name}", settings)
+    picture = run_dir / "eval" / f"{stem}.png"
     with atomic.atomic_path(picture) as tmp:
         Image.fromarray(grid).save(tmp, format="PNG")
     result = {"evaluation": "retrieval", "dataset": name, "pretrain_dataset": cfg.dataset,
-              "settings": {"per_class": per_class, "seed": seed, "distance": "euclidean", "ks": list(KS)},
+              "settings": settings,
               "queries": int(len(queries)), "classes": manifest["classes"], **scores, "picture": str(picture)}
-    atomic.write_json(run_dir / "eval" / f"retrieval-{name}.json", result)
+    atomic.write_json(run_dir / "eval" / f"{stem}.json", result)
     with SummaryWriter(str(run_dir / "tb")) as writer:
         for k in KS:
             writer.add_scalar(f"eval/retrieval_top{k}_{name}", result[f"top{k}"]["accuracy"], cfg.epochs)

@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from rrdist import atomic
+from rrdist.eval.results import at_least, evaluation_device, result_stem
 
 PALETTE = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75),
            (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207)]
@@ -42,6 +43,8 @@ def evaluate_tsne(run_dir: str | Path, dataset: str | None = None, root: str | N
 
     from rrdist.eval.features import run_features
 
+    at_least({"max_points": max_points, "iterations": iterations}, {"max_points": 2, "iterations": 250})
+    evaluation_device(device)
     run_dir = Path(run_dir).expanduser().resolve()
     manifest, cfg, feats = run_features(run_dir, ("test",), dataset=dataset, root=root, device=device, log=log)
     features, labels = (t.numpy() for t in feats["test"])
@@ -51,13 +54,15 @@ def evaluate_tsne(run_dir: str | Path, dataset: str | None = None, root: str | N
     points = embed(features.astype(np.float64), seed, iterations)
     picture = scatter(points, labels)
     name = manifest["dataset"]
-    path = run_dir / "eval" / f"tsne-{name}.png"
+    settings = {"perplexity": 30, "learning_rate": 200, "iterations": iterations, "init": "random",
+                "metric": "euclidean", "seed": seed}
+    stem = result_stem(run_dir, f"tsne-{name}", {**settings, "max_points": max_points})
+    path = run_dir / "eval" / f"{stem}.png"
     with atomic.atomic_path(path) as tmp:
         Image.fromarray(picture).save(tmp, format="PNG")
     result = {"evaluation": "tsne", "dataset": name, "pretrain_dataset": cfg.dataset, "points": int(len(labels)),
-              "settings": {"perplexity": 30, "learning_rate": 200, "iterations": iterations, "init": "random",
-                           "metric": "euclidean", "seed": seed}, "picture": str(path)}
-    atomic.write_json(run_dir / "eval" / f"tsne-{name}.json", result)
+              "settings": {**settings, "max_points": max_points}, "picture": str(path)}
+    atomic.write_json(run_dir / "eval" / f"{stem}.json", result)
     with SummaryWriter(str(run_dir / "tb")) as writer:
         writer.add_image(f"eval/tsne_{name}", picture, cfg.epochs, dataformats="HWC")
     return result

@@ -23,6 +23,18 @@ def save_state(directory: Path, method: torch.nn.Module, optimizer: torch.optim.
     return path
 
 
+def checkpoint_name(epoch: int, taken: set[str]) -> str:
+    """The folder name of epoch `epoch`'s checkpoint: epoch_NNNN, or epoch_NNNN-K when a folder of
+    that name is already there (an epoch trained again after a fall-back past a broken checkpoint:
+    reusing the name would let Ray's pruning of the old entry delete the new folder). Names sort
+    in the order they were written, as resume_state expects."""
+    name = f"epoch_{epoch:04d}"
+    again = 1
+    while (f"{name}-{again}" if again > 1 else name) in taken:
+        again += 1
+    return f"{name}-{again}" if again > 1 else name
+
+
 def load_state(directory: Path) -> dict[str, Any]:
     path = Path(directory) / STATE_FILE
     try:

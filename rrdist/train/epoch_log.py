@@ -11,6 +11,7 @@ from typing import Any
 import torch
 
 from rrdist import atomic
+from rrdist.errors import MARKER
 from rrdist.storage import RunFolder
 from rrdist.train.step import EpochSums
 
@@ -30,6 +31,13 @@ def epoch_metrics(sums: EpochSums, elapsed: float, world: int, epoch: int) -> tu
                "views_per_s": totals["views"] / max(elapsed, 1e-9), "epoch_time_s": elapsed,
                "steps": int(totals["steps"]) // world}
     return metrics, totals["nonfinite"] == 0
+
+
+def record_failure(run: RunFolder, rank: int, message: str) -> None:
+    """A failure no restart of the workers can fix: rank 0 leaves it for the driver, which reports it
+    in one line; the workers then end normally, so Ray Train does not restart them."""
+    if rank == 0:
+        run.write_text(FAILURE_FILE, json.dumps({"error": message.replace(MARKER, "")}))
 
 
 def _epoch_of(line: str) -> int | None:
@@ -72,10 +80,8 @@ class EpochLog:
 
     def diverged(self, epoch: int) -> None:
         """A loss that became NaN or infinite ends the run (not retried: the same data would diverge again)."""
-        if self.rank == 0:
-            self.run.write_text(FAILURE_FILE, json.dumps({"error": (
-                f"the loss became NaN or infinite in epoch {epoch}: lower --lr or check the data; "
-                f"the last good checkpoint in {self.run} is kept")}))
+        record_failure(self.run, self.rank, f"the loss became NaN or infinite in epoch {epoch}: lower --lr or check "
+                                            f"the data; the last good checkpoint in {self.run} is kept")
         self.close()
 
     def write(self, metrics: dict[str, Any]) -> None:
@@ -113,8 +119,9 @@ class EpochLog:
             self.writer.close()
 
 
-def report(metrics: dict[str, Any], state: dict[str, Any] | None, rank: int) -> None:
-    """ray.train.report on every rank; with `state` (a checkpoint epoch), rank 0 attaches its checkpoint."""
+def report(metrics: dict[str, Any], state: dict[str, Any] | None, rank: int, name: str | None = None) -> None:
+    """ray.train.report on every rank; with `state` (a checkpoint epoch), rank 0 attaches its checkpoint,
+    in a folder called `name` (default epoch_NNNN)."""
     import ray.train
 
     from rrdist.train.checkpoint import save_state
@@ -127,4 +134,4 @@ def report(metrics: dict[str, Any], state: dict[str, Any] | None, rank: int) -> 
         if rank == 0:
             save_state(Path(tmp), **state)
             ckpt = ray.train.Checkpoint.from_directory(tmp)
-        ray.train.report(metrics, checkpoint=ckpt, checkpoint_dir_name=f"epoch_{metrics['epoch']:04d}")
+        ray.train.report(metrics, checkpoint=ckpt, checkpoint_dir_name=name or f"epoch_{metrics['epoch']:04d}")

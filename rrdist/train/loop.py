@@ -12,12 +12,14 @@ import torch
 from rrdist.config import PretrainConfig
 from rrdist.data.loader import image_loader
 from rrdist.data.worker_data import WorkerData
+from rrdist.errors import TrainingError
 from rrdist.models.backbone_file import BACKBONE_FILE, save_backbone
 from rrdist.monitors import MonitorContext, adopt, build_monitors
 from rrdist.progress import Progress
 from rrdist.storage import RunFolder
 from rrdist.train.batches import TrainingImages, ViewBatches, build_augment, set_kernel_threads
-from rrdist.train.epoch_log import EpochLog, epoch_metrics, report
+from rrdist.train.epoch_log import EpochLog, epoch_metrics, record_failure, report
+from rrdist.train.checkpoint import checkpoint_name
 from rrdist.train.hooks import StepHook
 from rrdist.train.logs import quiet_ray_logs
 from rrdist.train.setup import build_training
@@ -33,7 +35,10 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = ray.train.torch.get_device() if cfg.use_gpu else torch.device("cpu")
-    training = build_training(cfg, data.num_classes, run, rank, world, device)
+    try:
+        training = build_training(cfg, data.num_classes, run, rank, world, device)
+    except TrainingError as e:  # no checkpoint to continue from: restarting the workers cannot help
+        return record_failure(run, rank, str(e))
     method, optimizer, start = training.method, training.optimizer, training.start_epoch
     stage_data(data, rank)
     torch.set_num_threads(cfg.cpus_per_worker)
@@ -46,6 +51,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     step = TrainStep(training.model, optimizer, cfg.precision)
     hook = StepHook.from_loop_config(loop_config, rank, run.local)
     log = EpochLog(run, rank, cfg.epochs, start)
+    taken = set(run.subfolders("train"))  # read by every rank before any writes a checkpoint
     announce(cfg, method, start, rank)
     for epoch in range(start, cfg.epochs if method.trainable else 0):
         method.on_epoch_start(epoch, optimizer, TrainingImages(data, device))
@@ -70,7 +76,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         due = (epoch + 1) % cfg.checkpoint_every == 0 or epoch + 1 == cfg.epochs
         state = dict(method=method, optimizer=optimizer, epoch=epoch + 1, config=cfg.to_dict(),
                      monitors={name: m.state_dict() for name, m in monitors.items()})
-        report(metrics, state if due else None, rank)
+        report(metrics, state if due else None, rank, checkpoint_name(epoch + 1, taken))
     log.close()
     if rank == 0:
         save_backbone(run.local, method.backbone, cfg.to_dict(), max(cfg.epochs, start) if method.trainable else 0)

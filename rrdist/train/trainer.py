@@ -16,7 +16,7 @@ from rrdist.errors import ConfigError, RrdistError, TrainingError, find_user_mes
 from rrdist.methods import config_from_yaml_text, method_class
 from rrdist.models.backbone_file import BACKBONE_FILE
 from rrdist.monitors import MONITORS
-from rrdist.storage import RunFolder
+from rrdist.storage import RunFolder, check_folder, is_uri
 from rrdist.train.epoch_log import FAILURE_FILE
 
 QUIET_RAY = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_TRAIN_ENABLE_PRINT_PATCH": "0",
@@ -79,6 +79,9 @@ class PretrainResult:
 def pretrain(cfg: PretrainConfig, address: str | None = None, log=print, callbacks: list | None = None) -> PretrainResult:
     """Fit one pretraining run; `callbacks` are Ray Train callbacks (a Tune trial passes TuneReportCallback)."""
     cfg.validate()
+    if not is_uri(cfg.out):
+        check_folder(cfg.out, "--out")
+    check_folder(cfg.root, "--root")
     run = RunFolder(cfg.out)
     resumed = check_run_folder(cfg, run)
     data = worker_data(cfg, log)  # everything is checked before the run folder is written
@@ -107,7 +110,13 @@ def worker_data(cfg: PretrainConfig, log=print) -> WorkerData:
         manifest = {**remote_manifest(cfg.data_uri, cfg.dataset), "dir": str(Path(cfg.root).resolve() / "ffcv" / cfg.dataset)}
     else:
         manifest = ensure_prepared(cfg.dataset, cfg.root, log=log)
-    method_class(cfg.method).check_data(cfg, manifest)
+    method = method_class(cfg.method)
+    method.check_data(cfg, manifest)
+    split = "train" if method.needs_labels else manifest.get("pretrain_split", "train")
+    images = manifest["splits"][split]["n"]
+    if cfg.batch_size > images:
+        raise ConfigError(f"--batch-size {cfg.batch_size} is more than the {images} training images of {cfg.dataset}, "
+                          f"so not one step would be trained: pass --batch-size {images} or less")
     data = WorkerData.from_manifest(manifest, cfg.dataset, cfg.root, cfg.data_uri)
     for monitor in cfg.monitors.values():
         monitor.check_data(data)

@@ -9,7 +9,7 @@ import yaml
 
 from rrdist.errors import ConfigError
 from rrdist.storage import RunFolder, join, shown
-from rrdist.tune.records import read_record, sweep_trial, write_record
+from rrdist.tune.records import read_record, read_sweep, sweep_trial, write_record
 from rrdist.tune.space import EVALUATIONS, SweepSpec, epoch_metric_names, has_random_axes, load, param_space
 from rrdist.tune.trial import SweepContext, run_trial
 
@@ -127,9 +127,9 @@ def run_sweep(space: str | Path, root: str, out: str | Path = "runs/sweeps", add
 
 def check_sweep_folder(folder: RunFolder, sweep: dict[str, Any], resume: bool) -> None:
     """Refuse a folder holding a sweep of another space, and a resume of nothing."""
-    saved = folder.read_text("sweep.yaml")
+    saved = read_sweep(folder)
     if saved is not None:
-        if (yaml.safe_load(saved) or {}).get("spec") != sweep["spec"]:
+        if saved["spec"] != sweep["spec"]:
             raise ConfigError(f"{folder} holds a sweep of another space: use the same space to resume it, "
                               f"or set another 'name' (or --out)")
     elif resume:

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from rrdist.config import PretrainConfig
+from rrdist.errors import ConfigError
 from rrdist.storage import RunFolder, join
 from rrdist.tune.space import SweepSpec, has_random_axes
 
@@ -57,13 +58,45 @@ def sweep_trial(spec: SweepSpec, params: dict[str, Any], trial_id: str | None, s
     return SweepTrial(name, run_dir, axes, seed, trial_id, spec.trial_config(axes, seed, root, run_dir, data_uri))
 
 
-def read_record(run: str | Path) -> dict[str, Any] | None:
-    """A trial's record in its run folder (a path or a URI); None if it has none (or half of one)."""
+RECORD_KEYS = {"trial": str, "axes": dict, "seed": int, "config": dict, "status": str}
+
+
+def parse_record(text: str) -> dict[str, Any] | None:
+    """A record from its text; None when it is not one (half-written by a killed process, or damaged)."""
     try:
-        text = RunFolder(run).read_text(RECORD)
-        return json.loads(text) if text is not None else None
-    except json.JSONDecodeError:
+        record = json.loads(text)
+    except ValueError:
         return None
+    if not isinstance(record, dict) or not all(isinstance(record.get(k), kind) for k, kind in RECORD_KEYS.items()):
+        return None
+    if record["status"] == "completed" and not isinstance(record.get("metrics"), dict):
+        return None
+    return record
+
+
+def read_record(run: str | Path) -> dict[str, Any] | None:
+    """A trial's record in its run folder (a path or a URI); None if it has none (or a damaged one:
+    the trial then runs again)."""
+    text = RunFolder(run).read_text(RECORD)
+    return parse_record(text) if text is not None else None
+
+
+def read_sweep(folder: RunFolder) -> dict[str, Any] | None:
+    """A sweep folder's sweep.yaml ({spec, root}); None when there is none; a one-line ConfigError
+    when it is damaged."""
+    import yaml
+
+    text = folder.read_text("sweep.yaml")
+    if text is None:
+        return None
+    try:
+        sweep = yaml.safe_load(text)
+    except yaml.YAMLError:
+        sweep = None
+    if not (isinstance(sweep, dict) and isinstance(sweep.get("spec"), dict) and isinstance(sweep.get("root"), str)):
+        raise ConfigError(f"{folder}/sweep.yaml is damaged (not the spec and root rrdist wrote): restore it, or run "
+                          f"the sweep into a new --out folder")
+    return sweep
 
 
 def write_record(run: str | Path, record: dict[str, Any]) -> None:

@@ -11,34 +11,37 @@ import csv
 import io
 import json
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 
 from rrdist.errors import DataError
 from rrdist.storage import RunFolder
 from rrdist.tune.figures import write_figures
-from rrdist.tune.records import RECORD
+from rrdist.tune.records import RECORD, parse_record, read_sweep
 
 COUNTS = ("stopped", "interrupted", "failed")  # results.csv: trials of a point that did not complete
 
 
 def load_sweep(folder: RunFolder) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    text = folder.read_text("sweep.yaml")
-    if text is None:
+    """sweep.yaml and the trials' records; a damaged record is left out, said in one line on stderr."""
+    sweep = read_sweep(folder)
+    if sweep is None:
         raise DataError(f"{folder} is not a sweep folder (no sweep.yaml): pass the folder `rrdist sweep` wrote")
-    sweep = yaml.safe_load(text)
     trials = []
     for name in folder.subfolders("trials"):
-        try:
-            record = folder.read_text(f"trials/{name}/{RECORD}")
-            if record is not None:
-                trials.append(json.loads(record))
-        except json.JSONDecodeError:
+        text = folder.read_text(f"trials/{name}/{RECORD}")
+        if text is None:
             continue
+        record = parse_record(text)
+        if record is None:
+            print(f"rrdist: trials/{name}/{RECORD} is damaged: left out of the table (the trial runs again on "
+                  f"--resume)", file=sys.stderr)
+        else:
+            trials.append(record)
     return sweep, trials
 
 

@@ -1,0 +1,263 @@
+"""A table of user mistakes across every command: each is one line naming the fix, exit status 2,
+no traceback, and the run, sweep and data folders involved are left exactly as they were.
+
+Everything here is refused before Ray starts, so the table runs without a Ray cluster.
+"""
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from rrdist.cli import main
+from rrdist.methods import make_config
+from rrdist.models import build_backbone
+from rrdist.models.backbone_file import save_backbone
+
+
+def snapshot(*folders: Path) -> dict[str, str]:
+    """Every file under the folders with a digest of its bytes (and every folder), to compare."""
+    seen = {}
+    for folder in folders:
+        for path in sorted(folder.rglob("*")) if folder.exists() else []:
+            seen[str(path)] = hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else "dir"
+    return seen
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory, digits_root):
+    """A data root, a finished run (with an earlier linear result), a sweep folder and a space file."""
+    base = tmp_path_factory.mktemp("user-errors")
+    root = base / "data"
+    shutil.copytree(digits_root, root)
+    run = base / "run"
+    run.mkdir()
+    cfg = make_config(dataset="digits", root=str(root), backbone="conv4", epochs=1, out=str(run))
+    (run / "config.yaml").write_text(cfg.to_yaml())
+    torch.manual_seed(0)
+    save_backbone(run, build_backbone("conv4"), cfg.to_dict(), 1)
+    assert main(["evaluate", "linear", "--run", str(run), "--epochs", "2"]) == 0  # the result to protect
+    (base / "a-file").write_text("not a folder\n")
+    space = {"name": "grid", "fixed": {"dataset": "digits", "epochs": 1, "batch_size": 64},
+             "axes": {"K": {"grid": [2, 3]}}, "evaluations": {"linear": {"epochs": 1}}}
+    (base / "space.yaml").write_text(yaml.safe_dump(space))
+    return {"base": base, "root": root, "run": run, "space": space}
+
+
+def space_file(world, **changes) -> str:
+    """A copy of the good space with some blocks replaced (a value None removes the key)."""
+    space = {**world["space"], **changes}
+    path = world["base"] / f"space-{hashlib.sha256(repr(changes).encode()).hexdigest()[:8]}.yaml"
+    path.write_text(yaml.safe_dump({k: v for k, v in space.items() if v is not None}))
+    return str(path)
+
+
+def settings_file(world, text: str) -> str:
+    path = world["base"] / f"settings-{hashlib.sha256(text.encode()).hexdigest()[:8]}.yaml"
+    path.write_text(text)
+    return str(path)
+
+
+def pretrain(world, *flags):
+    return ["pretrain", "--dataset", "digits", "--root", str(world["root"]), "--out", str(world["base"] / "new-run"),
+            *flags]
+
+
+def asha(**settings):
+    return {"asha": {"metric": "loss", **settings}}
+
+
+# (name, argv from the world, a fragment the one line must hold)
+CASES = [
+    # pretraining: paths, values, settings files
+    ("out is a file", lambda w: pretrain(w)[:-2] + ["--out", str(w["base"] / "a-file")], "is a file"),
+    ("out under a file", lambda w: pretrain(w)[:-2] + ["--out", str(w["base"] / "a-file" / "run")], "lies under the file"),
+    ("root is a file", lambda w: ["pretrain", "--dataset", "digits", "--root", str(w["base"] / "a-file"), "--out",
+                                  str(w["base"] / "new-run")], "is a file"),
+    ("batch larger than the data", lambda w: pretrain(w, "--batch-size", "5000"), "more than the 1437 training images"),
+    ("probe lr negative", lambda w: pretrain(w, "--online-probe", "--probe-lr", "-1"), "probe learning rate must be > 0"),
+    ("knn neighbours zero", lambda w: pretrain(w, "--knn-every", "1", "--knn-k", "0"), "kNN neighbours must be at least 1"),
+    ("knn interval negative", lambda w: pretrain(w, "--knn-every", "-2"), "kNN interval must be >= 0"),
+    ("config is a folder", lambda w: pretrain(w, "--config", str(w["base"])), "is a folder, not a YAML file"),
+    ("epochs a fraction", lambda w: pretrain(w, "--config", settings_file(w, "epochs: 1.9\n")), "'epochs'"),
+    ("K a fraction", lambda w: pretrain(w, "--config", settings_file(w, "K: 2.7\n")), "must be an int"),
+    ("interval a flag", lambda w: pretrain(w, "--config", settings_file(w, "checkpoint_every: true\n")),
+     "must be an int"),
+    ("flag a number", lambda w: pretrain(w, "--config", settings_file(w, "sync_bn: 1\n")), "must be a bool"),
+    ("settings a list", lambda w: pretrain(w, "--config", settings_file(w, "[1, 2]\n")), "must hold a mapping"),
+    ("bad flag value", lambda w: pretrain(w, "--K", "x"), "invalid int value"),
+    ("unknown flag", lambda w: pretrain(w, "--views", "3"), "unrecognized arguments"),
+    # data
+    ("image size negative", lambda w: ["data", "prepare", "digits", "--root", str(w["root"]), "--image-size", "-4"],
+     "--image-size must be between"),
+    ("data root a file", lambda w: ["data", "prepare", "digits", "--root", str(w["base"] / "a-file")], "is a file"),
+    ("unknown dataset", lambda w: ["data", "prepare", "mnist", "--root", str(w["root"])], "mnist"),
+    # evaluations: options checked before anything is read or written
+    ("linear epochs zero", lambda w: ["evaluate", "linear", "--run", str(w["run"]), "--epochs", "0"],
+     "--epochs must be at least 1"),
+    ("linear epochs negative", lambda w: ["evaluate", "linear", "--run", str(w["run"]), "--epochs", "-3"],
+     "--epochs must be at least 1"),
+    ("linear batch zero", lambda w: ["evaluate", "linear", "--run", str(w["run"]), "--batch-size", "0"],
+     "--batch-size must be at least 1"),
+    ("linear lr negative", lambda w: ["evaluate", "linear", "--run", str(w["run"]), "--lr", "-1"], "--lr must be > 0"),
+    ("device unknown", lambda w: ["evaluate", "linear", "--run", str(w["run"]), "--device", "foo"], "not a device"),
+    ("device without a GPU", lambda w: ["evaluate", "linear", "--run", str(w["run"]), "--device", "cuda"],
+     "no GPU is visible here"),
+    ("finetune epochs zero", lambda w: ["evaluate", "finetune", "--run", str(w["run"]), "--epochs", "0"],
+     "--epochs must be at least 1"),
+    ("finetune batch zero", lambda w: ["evaluate", "finetune", "--run", str(w["run"]), "--batch-size", "0"],
+     "--batch-size must be at least 1"),
+    ("retrieval per class zero", lambda w: ["evaluate", "retrieval", "--run", str(w["run"]), "--per-class", "0"],
+     "--per-class must be at least 1"),
+    ("tsne max points zero", lambda w: ["evaluate", "tsne", "--run", str(w["run"]), "--max-points", "0"],
+     "--max-points must be at least 2"),
+    ("not a run folder", lambda w: ["evaluate", "linear", "--run", str(w["root"])], "not a run folder"),
+    ("missing run option", lambda w: ["evaluate", "linear"], "--run"),
+    ("unknown init", lambda w: ["evaluate", "linear", "--run", str(w["run"]), "--init", "zeros"], "invalid choice"),
+    # search spaces: a wrong type, a value out of range, a block of the wrong shape
+    ("grace period a word", lambda w: ["sweep", space_file(w, scheduler=asha(grace_period="five"))], "must be an int"),
+    ("reduction a list", lambda w: ["sweep", space_file(w, scheduler=asha(reduction_factor=[1]))], "must be a float"),
+    ("grace period zero", lambda w: ["sweep", space_file(w, scheduler=asha(grace_period=0))], "at least 1"),
+    ("reduction below 2", lambda w: ["sweep", space_file(w, scheduler=asha(reduction_factor=1.5))], "at least 2"),
+    ("metric nobody reports", lambda w: ["sweep", space_file(w, scheduler=asha(metric="top5"))],
+     "must be a per-epoch metric"),
+    ("unknown ASHA key", lambda w: ["sweep", space_file(w, scheduler={"asha": {"patience": 3}})], "not an ASHA setting"),
+    ("ASHA not a mapping", lambda w: ["sweep", space_file(w, scheduler={"asha": 5})], "must be a mapping"),
+    ("trial not a mapping", lambda w: ["sweep", space_file(w, trial=[1, 2])], "must be a mapping"),
+    ("trial workers zero", lambda w: ["sweep", space_file(w, trial={"workers": 0})], "at least 1"),
+    ("evaluation not a mapping", lambda w: ["sweep", space_file(w, evaluations={"linear": 5})], "must be a mapping"),
+    ("evaluation setting a word", lambda w: ["sweep", space_file(w, evaluations={"linear": {"epochs": "many"}})],
+     "must be an int"),
+    ("evaluation epochs zero", lambda w: ["sweep", space_file(w, evaluations={"finetune": {"epochs": 0}})],
+     "at least 1"),
+    ("evaluation lr zero", lambda w: ["sweep", space_file(w, evaluations={"linear": {"lr": 0}})], "must be > 0"),
+    ("seeds a flag", lambda w: ["sweep", space_file(w, seeds=True)], "'seeds'"),
+    ("space missing", lambda w: ["sweep", str(w["base"] / "nope.yaml")], "does not exist"),
+    # demo
+    ("demo workers 3", lambda w: ["demo", "--workers", "3", "--out", str(w["base"] / "demo")], "pass --workers 2"),
+    ("demo out a file", lambda w: ["demo", "--out", str(w["base"] / "a-file")], "is a file"),
+]
+
+
+@pytest.mark.parametrize("name,argv,fragment", CASES, ids=[c[0] for c in CASES])
+def test_a_mistake_is_one_line_and_changes_nothing(world, capsys, name, argv, fragment):
+    args = argv(world)
+    before = snapshot(world["root"], world["run"], world["base"] / "new-run", world["base"] / "runs")
+    try:
+        code = main(args)
+    except SystemExit as e:  # argparse's own errors
+        code = e.code
+    err = capsys.readouterr().err.strip()
+    assert code == 2, (name, err)
+    assert len(err.splitlines()) == 1 and err.startswith("rrdist: error: "), err
+    assert "Traceback" not in err and fragment in err, err
+    assert snapshot(world["root"], world["run"], world["base"] / "new-run", world["base"] / "runs") == before
+    assert not (world["base"] / "new-run").exists() and not (world["base"] / "demo").exists()
+
+
+def test_the_table_covers_every_command(world):
+    commands = {argv(world)[0] for _, argv, _ in CASES}
+    assert commands == {"pretrain", "data", "evaluate", "sweep", "demo"} and len(CASES) >= 45
+
+
+def test_an_evaluation_of_other_settings_keeps_the_earlier_result(world, capsys):
+    """A valid evaluation with other settings writes a file of its own; the same settings replace."""
+    run = world["run"]
+    first = json.loads((run / "eval" / "linear-trained-digits.json").read_text())
+    assert first["settings"]["epochs"] == 2
+    assert main(["evaluate", "linear", "--run", str(run), "--epochs", "1"]) == 0
+    assert json.loads((run / "eval" / "linear-trained-digits.json").read_text()) == first
+    (other,) = [p for p in (run / "eval").glob("linear-trained-digits-*.json")]
+    assert json.loads(other.read_text())["settings"]["epochs"] == 1
+    assert main(["evaluate", "linear", "--run", str(run), "--epochs", "2"]) == 0  # the same settings: replaced
+    again = json.loads((run / "eval" / "linear-trained-digits.json").read_text())
+    assert again["settings"] == first["settings"] and again["test_accuracy"] == first["test_accuracy"]
+    assert sorted(p.name for p in (run / "eval").glob("linear-*.json")) == sorted(["linear-trained-digits.json", other.name])
+
+
+def damaged_copy(world, name: str) -> Path:
+    copy = world["base"] / name
+    if copy.exists():
+        shutil.rmtree(copy)
+    shutil.copytree(world["run"], copy)
+    return copy
+
+
+def one_line_error(capsys, argv) -> str:
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    return err
+
+
+def test_a_backbone_file_without_weights_or_of_another_backbone(world, capsys):
+    run = damaged_copy(world, "no-weights")
+    torch.save({"config": {}, "epoch": 1}, run / "backbone.pt")
+    assert "holds no backbone weights" in one_line_error(capsys, ["evaluate", "linear", "--run", str(run)])
+    run = damaged_copy(world, "other-backbone")
+    text = (run / "config.yaml").read_text().replace("backbone: conv4", "backbone: resnet8")
+    (run / "config.yaml").write_text(text)
+    before = snapshot(run)
+    assert "not a resnet8" in one_line_error(capsys, ["evaluate", "linear", "--run", str(run)])
+    assert snapshot(run) == before
+
+
+@pytest.mark.parametrize("content,why", [("[1, 2]", "is not a JSON object"), ('{"format_version": 2}', "lacks a valid"),
+                                         ("{not json", "is not valid JSON")])
+def test_a_damaged_manifest_names_the_fix(world, capsys, content, why):
+    root = world["base"] / "damaged-data"
+    if root.exists():
+        shutil.rmtree(root)
+    shutil.copytree(world["root"], root)
+    (root / "ffcv" / "digits" / "manifest.json").write_text(content)
+    before = snapshot(root)
+    err = one_line_error(capsys, ["pretrain", "--dataset", "digits", "--root", str(root), "--out",
+                                  str(world["base"] / "new-run")])
+    assert why in err and f"rrdist data prepare digits --root {root} --force`" in err, err
+    assert snapshot(root) == before and not (world["base"] / "new-run").exists()
+
+
+def write_sweep_folder(world, name: str, sweep_yaml: str, record: str | None = None) -> Path:
+    folder = world["base"] / "sweeps" / name
+    (folder / "trials" / "K=2,seed=0").mkdir(parents=True, exist_ok=True)
+    (folder / "sweep.yaml").write_text(sweep_yaml)
+    if record is not None:
+        (folder / "trials" / "K=2,seed=0" / "trial.json").write_text(record)
+    return folder
+
+
+@pytest.mark.parametrize("sweep_yaml", ["spec: [unclosed\n", "- 1\n- 2\n", "root: /data\n"])
+def test_a_damaged_sweep_folder_is_one_line_for_report_and_resume(world, capsys, sweep_yaml):
+    folder = write_sweep_folder(world, "damaged", sweep_yaml)
+    before = snapshot(folder)
+    assert "sweep.yaml is damaged" in one_line_error(capsys, ["report", str(folder)])
+    space = space_file(world, name="damaged")
+    err = one_line_error(capsys, ["sweep", space, "--out", str(folder.parent), "--root", str(world["root"]),
+                                  "--resume"])
+    assert "sweep.yaml is damaged" in err
+    assert snapshot(folder) == before
+
+
+def test_a_damaged_trial_record_is_left_out_of_the_report(world, capsys):
+    from rrdist.tune.space import load
+
+    spec = load(space_file(world, name="records"))
+    sweep_yaml = yaml.safe_dump({"spec": spec.to_dict(), "root": str(world["root"])})
+    folder = write_sweep_folder(world, "records", sweep_yaml, record='{"trial": "K=2,seed=0", "status": ')
+    assert main(["report", str(folder)]) == 0
+    captured = capsys.readouterr()
+    assert "trial.json is damaged: left out" in captured.err and len(captured.err.strip().splitlines()) == 1
+    assert "| K |" in captured.out
+
+
+def test_a_bad_scheduler_leaves_no_sweep_folder(world, capsys):
+    """The space, its scheduler included, is checked before sweep.yaml is written: fixing the space
+    and running again works, instead of a folder that 'holds a sweep of another space'."""
+    out = world["base"] / "runs" / "sweeps"
+    bad = space_file(world, name="fixme", scheduler=asha(grace_period=0))
+    assert "at least 1" in one_line_error(capsys, ["sweep", bad, "--out", str(out), "--root", str(world["root"])])
+    assert not (out / "fixme").exists()
