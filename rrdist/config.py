@@ -125,6 +125,10 @@ class PretrainConfig:
     cpus_per_worker: int = setting(1, "CPUs reserved per worker (and torch threads)")
     loader_workers: int = setting(1, "FFCV decoding threads per worker")
     checkpoint_every: int = setting(10, "epochs between checkpoints (the last epoch always gets one)")
+    checkpoint_minutes: float = setting(10.0, "minutes between checkpoints inside an epoch, resumed at the next "
+                                              "step (a preemption loses at most this much); 0: epoch ends only")
+    check_every: int = setting(20, "steps between the workers' checks for a due checkpoint or a stop "
+                                   "(SIGTERM, a node drained): one small collective")
     max_failures: int = setting(3, "restarts of the worker group from the last checkpoint after a failure")
     sync_bn: bool = setting(True, "BatchNorm statistics over the global batch, all workers together, as one "
                                   "process would compute them; --no-sync-bn: each worker's own, fewer "
@@ -137,7 +141,8 @@ class PretrainConfig:
 
     # Fields that may change when a run is resumed: they do not change what is learned.
     # The worker count is one of them: the same global batch, pairs and views on any number of workers.
-    RESUMABLE = ("epochs", "checkpoint_every", "loader_workers", "cpus_per_worker", "gpus_per_worker", "max_failures",
+    RESUMABLE = ("epochs", "checkpoint_every", "checkpoint_minutes", "check_every", "loader_workers",
+                 "cpus_per_worker", "gpus_per_worker", "max_failures",
                  "root", "data_uri", "out", "compile", "workers", "use_gpu")  # and every monitor setting
     COMPOSED = ("settings", "monitors")  # filled from the registries of methods and monitors
 
@@ -159,6 +164,9 @@ class PretrainConfig:
         need(0 < self.gpus_per_worker <= 8, f"gpus per worker must be in (0, 8] (got {self.gpus_per_worker})")
         need(self.loader_workers >= 1, f"loader workers must be at least 1 (got {self.loader_workers})")
         need(self.checkpoint_every >= 1, f"checkpoint interval must be at least 1 epoch (got {self.checkpoint_every})")
+        need(self.checkpoint_minutes == self.checkpoint_minutes and self.checkpoint_minutes >= 0,
+             f"--checkpoint-minutes must be >= 0 (got {self.checkpoint_minutes}): pass 0 to checkpoint at epoch ends only")
+        need(self.check_every >= 1, f"--check-every must be at least 1 step (got {self.check_every})")
         need(self.max_failures >= 0, f"max failures must be >= 0 (got {self.max_failures})")
         need(self.precision in PRECISIONS, f"unknown precision '{self.precision}': choose one of {', '.join(PRECISIONS)}")
         self._check_split()

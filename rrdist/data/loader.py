@@ -33,7 +33,7 @@ def _global_batch_traversal(batch_size: int, seed: int, rank: int, workers: int)
 
     class GlobalBatchOrder(TraversalOrder):
         def __init__(self) -> None:  # bound to its loader when FFCV calls it
-            pass
+            self.skip: tuple[int, int] | None = None  # (epoch, steps): where a resumed epoch starts
 
         def __call__(self, loader) -> "GlobalBatchOrder":
             super().__init__(loader)
@@ -41,6 +41,8 @@ def _global_batch_traversal(batch_size: int, seed: int, rank: int, workers: int)
 
         def sample_order(self, epoch: int) -> np.ndarray:
             order = global_batch_order(len(self.indices), batch_size, seed, epoch, rank, workers)
+            if self.skip is not None and self.skip[0] == epoch:  # the same order, its first steps left out
+                order = order[self.skip[1] * (batch_size // workers):]
             return self.indices[order]
 
     return GlobalBatchOrder()
@@ -122,6 +124,12 @@ class Batches:
     @next_epoch.setter
     def next_epoch(self, epoch: int) -> None:
         self.loader.next_epoch = epoch
+
+    def resume_at(self, epoch: int, step: int = 0) -> None:
+        """Continue a training loader at `step` of `epoch` (counted from 0): the epoch's order as it
+        always is, without the batches of its first `step` steps."""
+        self.loader.next_epoch = epoch
+        self.loader.traversal_order.skip = (epoch, step) if step else None
 
     def __iter__(self):
         for batch in self.loader:

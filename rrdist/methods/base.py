@@ -85,10 +85,12 @@ class Method(nn.Module):
         """(mean, std, table) the paper reports for this run's linear evaluation on `evaluate`, or None."""
         return paper.lookup(cls.PAPER, cfg.backbone, cfg.dataset, evaluate)
 
-    def on_epoch_start(self, epoch: int, optimizer: torch.optim.Optimizer, images=None) -> None:
+    def on_epoch_start(self, epoch: int, optimizer: torch.optim.Optimizer, images=None, resumed: bool = False) -> None:
         """Called before every epoch (counted from 0), also after a resume: schedules live here.
 
-        `images` gives access to the un-augmented training images (`TrainingImages`).
+        `images` gives access to the un-augmented training images (`TrainingImages`). `resumed`: the
+        epoch continues from a checkpoint inside it, so what the method set up at its start (kept
+        in the method's state) is already there and must not be made again.
         """
 
     def targets(self, labels: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:

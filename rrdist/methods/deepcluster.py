@@ -65,9 +65,19 @@ class DeepCluster(Method):
             raise DataError(f"DeepCluster makes {clusters} clusters ({CLUSTERS_PER_CLASS} per class) but the "
                             f"training split has {count} images: use a larger dataset")
 
-    def on_epoch_start(self, epoch: int, optimizer: torch.optim.Optimizer, images=None) -> None:
+    def get_extra_state(self) -> dict:
+        """The epoch's pseudo-labels and the last NMI go into checkpoints: a resume inside an epoch
+        trains on the clustering that epoch began with."""
+        return {"pseudo_labels": self.pseudo_labels, "nmi": self.nmi}
+
+    def set_extra_state(self, state: dict) -> None:
+        self.pseudo_labels, self.nmi = state["pseudo_labels"], float(state["nmi"])
+
+    def on_epoch_start(self, epoch: int, optimizer: torch.optim.Optimizer, images=None, resumed: bool = False) -> None:
         from sklearn.metrics import normalized_mutual_info_score
 
+        if resumed and self.pseudo_labels is not None:
+            return  # the clustering and head of this epoch's start came with the checkpoint
         if images is None:
             raise RuntimeError("DeepCluster clusters the training images at every epoch: pass them")
         device = next(self.parameters()).device
@@ -92,6 +102,8 @@ class DeepCluster(Method):
         return {} if np.isnan(self.nmi) else {"nmi": self.nmi}  # from the second clustering on
 
     def targets(self, labels: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+        if self.pseudo_labels.device != indices.device:  # restored from a checkpoint onto the CPU
+            self.pseudo_labels = self.pseudo_labels.to(indices.device)
         return self.pseudo_labels[indices]
 
     def forward(self, views: torch.Tensor, labels: torch.Tensor):

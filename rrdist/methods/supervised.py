@@ -52,7 +52,7 @@ class Supervised(Method):
         return torch.optim.SGD(self.parameters(), lr=self.settings.lr, momentum=0.9,
                                weight_decay=self.settings.weight_decay)
 
-    def on_epoch_start(self, epoch: int, optimizer: torch.optim.Optimizer, images=None) -> None:
+    def on_epoch_start(self, epoch: int, optimizer: torch.optim.Optimizer, images=None, resumed: bool = False) -> None:
         for group in optimizer.param_groups:
             group["lr"] = step_lr(self.settings.lr, epoch, self.cfg.epochs)
 

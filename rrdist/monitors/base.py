@@ -62,7 +62,10 @@ class Monitor:
         return {}
 
     def state_dict(self) -> dict[str, Any]:
-        """What a checkpoint keeps so that a resumed run continues the monitor as it was."""
+        """What a checkpoint keeps so that a resumed run continues the monitor as it was. Called on
+        every worker at the same step, and only rank 0's is saved: combine there what each worker
+        holds alone (its share of running sums; a collective is allowed), and in `load_state_dict`
+        give it back to one worker."""
         return {}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:

@@ -83,10 +83,15 @@ class OnlineProbe(Monitor):
         return {"probe_acc": correct / max(counted, 1.0)}
 
     def state_dict(self) -> dict[str, Any]:
+        """The classifier (the same on every worker) and the epoch's counts of every worker together."""
+        sums = self.sums.clone()
+        if world()[1] > 1:
+            torch.distributed.all_reduce(sums)
         return {"classifier": self.classifier.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "sums": self.sums.detach().cpu().clone()}
+                "sums": sums.cpu()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.classifier.load_state_dict(state["classifier"])
         self.optimizer.load_state_dict(state["optimizer"])  # moves the state to the classifier's device
-        self.sums.copy_(state["sums"])
+        if world()[0] == 0:  # the saved counts are every worker's: one worker carries them on
+            self.sums.copy_(state["sums"])

@@ -31,11 +31,12 @@ class ViewBatches:
         self.sample: tuple[torch.Tensor, torch.Tensor] | None = None  # see `keep_sample`
         self.keep_sample = False  # True: keep a few images of the first batch and their views, for a picture
 
-    def epoch(self, epoch: int) -> Iterator[Batch]:
-        """The epoch's batches (`epoch` counts from 0); lazily, so each step's reseed precedes its forward."""
+    def epoch(self, epoch: int, first_step: int = 0) -> Iterator[Batch]:
+        """The epoch's batches (`epoch` counts from 0) from step `first_step` on (the loader resumed
+        there); lazily, so each step's reseed precedes its forward."""
         from rrdist.data.keyed import ImageDraws, step_seed
 
-        for step, (images, labels, indices) in enumerate(self.loader):
+        for step, (images, labels, indices) in enumerate(self.loader, start=first_step):
             if self.generator is not None:
                 self.generator.manual_seed(step_seed(self.seed, epoch, step))
             images = images.to(self.device, non_blocking=True)

@@ -15,20 +15,25 @@ STATE_FILE = "state.pt"
 
 
 def save_state(directory: Path, method: torch.nn.Module, optimizer: torch.optim.Optimizer, epoch: int,
-               config: dict[str, Any], monitors: dict[str, dict[str, Any]] | None = None) -> Path:
-    """Everything needed to continue: backbone, head, optimizer, completed epochs, config, monitors' states."""
+               config: dict[str, Any], monitors: dict[str, dict[str, Any]] | None = None, step: int = 0,
+               sums: torch.Tensor | None = None) -> Path:
+    """Everything needed to continue at the next step: the method (backbone, head, its own state),
+    optimizer, completed epochs, config, monitors' states, and inside an epoch the steps done in it
+    and its running sums."""
     path = Path(directory) / STATE_FILE
     atomic.torch_save({"method": method.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
-                       "config": config, "monitors": monitors or {}}, path)
+                       "config": config, "monitors": monitors or {}, "step": step,
+                       "sums": sums.detach().cpu().clone() if sums is not None else None}, path)
     return path
 
 
-def checkpoint_name(epoch: int, taken: set[str]) -> str:
-    """The folder name of epoch `epoch`'s checkpoint: epoch_NNNN, or epoch_NNNN-K when a folder of
-    that name is already there (an epoch trained again after a fall-back past a broken checkpoint:
-    reusing the name would let Ray's pruning of the old entry delete the new folder). Names sort
-    in the order they were written, as resume_state expects."""
-    name = f"epoch_{epoch:04d}"
+def checkpoint_name(epoch: int, taken: set[str], step: int = 0) -> str:
+    """The folder name of a checkpoint after `epoch` completed epochs (and `step` steps of the next):
+    epoch_NNNN (epoch_NNNN_step_SSSSSS), or with -K when a folder of that name is already there (an
+    epoch trained again after a fall-back past a broken checkpoint: reusing the name would let Ray's
+    pruning of the old entry delete the new folder). Names sort in the order of training, as
+    resume_state expects."""
+    name = f"epoch_{epoch:04d}" + (f"_step_{step:06d}" if step else "")
     again = 1
     while (f"{name}-{again}" if again > 1 else name) in taken:
         again += 1

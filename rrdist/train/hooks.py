@@ -4,6 +4,8 @@ Production runs have none. They are set by the environment of the process that s
 - RRDIST_FAULT=nan-loss: every step's views become NaN, as a diverged run's would be;
 - RRDIST_FAULT=kill-worker:RANK:EPOCH:STEP: that worker kills its own process once, mid-epoch, as
   a lost machine would (a marker file in the run folder keeps the restarted worker alive);
+- RRDIST_FAULT=sigterm-worker:RANK:EPOCH:STEP: that worker's process gets SIGTERM once, as from a
+  batch system or a node being reclaimed (the same marker file);
 - RRDIST_TRACE=FOLDER: every worker writes, per epoch, each step's loss (its share of the global
   loss), image indices and per-image view sums to FOLDER/epoch{E}-rank{R}.json (syncs with the device).
 """
@@ -32,7 +34,7 @@ class StepHook:
         self.epoch, self.steps = epoch + 1, []
 
     def before_step(self, step: int, batch: Batch) -> Batch:
-        if self.fault.startswith("kill-worker:"):
+        if self.fault.startswith(("kill-worker:", "sigterm-worker:")):
             self._maybe_kill(step)
         if self.fault == "nan-loss":
             batch = batch._replace(views=batch.views * float("nan"))
@@ -43,7 +45,8 @@ class StepHook:
             return
         m = batch.indices.shape[0]
         views = batch.views.detach().double().reshape(-1, m, batch.views[0].numel()).sum(2).t()
-        self.steps.append({"loss": float(metrics["loss"]), "images": batch.indices.tolist(), "views": views.tolist()})
+        self.steps.append({"step": step, "loss": float(metrics["loss"]), "images": batch.indices.tolist(),
+                           "views": views.tolist()})
 
     def end_epoch(self) -> None:
         if self.trace_dir is not None:
@@ -51,8 +54,8 @@ class StepHook:
             (Path(self.trace_dir) / f"epoch{self.epoch}-rank{self.rank}.json").write_text(json.dumps(self.steps))
 
     def _maybe_kill(self, step: int) -> None:
-        _, rank, epoch, at = self.fault.split(":")
+        kind, rank, epoch, at = self.fault.split(":")
         marker = self.run_dir / ".fault-kill-worker"
         if (int(rank), int(epoch), int(at)) == (self.rank, self.epoch, step) and not marker.exists():
-            marker.write_text(f"rank {self.rank} killed itself in epoch {self.epoch} at step {step}\n")
-            os.kill(os.getpid(), signal.SIGKILL)
+            marker.write_text(f"rank {self.rank} got {kind} in epoch {self.epoch} at step {step}\n")
+            os.kill(os.getpid(), signal.SIGKILL if kind == "kill-worker" else signal.SIGTERM)

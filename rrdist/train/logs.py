@@ -16,3 +16,12 @@ def quiet_ray_logs() -> None:
         pass
     for name in names:
         logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def setup_worker_process() -> None:
+    """Ray's worker_process_setup_hook: quiet logs, and SIGTERM turned into a checkpoint-and-stop
+    for training workers (rrdist.train.interruptions)."""
+    from rrdist.train.interruptions import install_stop_handler
+
+    quiet_ray_logs()
+    install_stop_handler()

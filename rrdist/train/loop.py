@@ -22,7 +22,8 @@ from rrdist.train.epoch_log import EpochLog, epoch_metrics, record_failure, repo
 from rrdist.train.checkpoint import checkpoint_name
 from rrdist.train.hooks import StepHook
 from rrdist.train.logs import quiet_ray_logs
-from rrdist.train.setup import build_training
+from rrdist.train.interruptions import WATCHING, Interruptions
+from rrdist.train.setup import Training, build_training
 from rrdist.train.step import EpochSums, TrainStep, train_epoch
 
 
@@ -39,57 +40,104 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         training = build_training(cfg, data.num_classes, run, rank, world, device)
     except TrainingError as e:  # no checkpoint to continue from: restarting the workers cannot help
         return record_failure(run, rank, str(e))
-    method, optimizer, start = training.method, training.optimizer, training.start_epoch
     stage_data(data, rank)
     torch.set_num_threads(cfg.cpus_per_worker)
     set_kernel_threads(cfg.cpus_per_worker)
-    batches = view_batches(cfg, data, method, rank, world, device, start)
-    monitors = build_monitors(cfg.monitors, MonitorContext(method.backbone, data, device, cfg.seed, cfg.epochs))
-    for name, state in training.monitor_state.items():
-        if name in monitors:  # a monitor turned on at a resume starts afresh
-            monitors[name].load_state_dict(state)
-    step = TrainStep(training.model, optimizer, cfg.precision)
-    hook = StepHook.from_loop_config(loop_config, rank, run.local)
-    log = EpochLog(run, rank, cfg.epochs, start)
-    taken = set(run.subfolders("train"))  # read by every rank before any writes a checkpoint
-    announce(cfg, method, start, rank)
+    worker = Worker(cfg, run, data, training, rank, world, device, StepHook.from_loop_config(loop_config, rank,
+                                                                                             run.local))
+    method, start = training.method, training.start_epoch
+    announce(cfg, method, start, training.start_step, rank)
+    WATCHING.set()  # SIGTERM now asks for a checkpoint and a stop
     for epoch in range(start, cfg.epochs if method.trainable else 0):
-        method.on_epoch_start(epoch, optimizer, TrainingImages(data, device))
-        training.model.train()
-        began = time.perf_counter()
-        if hook is not None:
-            hook.start_epoch(epoch)
-        progress = Progress(f"epoch {epoch + 1}/{cfg.epochs}", len(batches.loader)) if rank == 0 else None
-        sums = train_epoch(step, batches.epoch(epoch), EpochSums(method.metric_names, device), hook, progress,
-                           list(monitors.values()))
-        if hook is not None:
-            hook.end_epoch()
-        metrics, finite = epoch_metrics(sums, time.perf_counter() - began, world, epoch + 1)
-        if not finite:
-            return log.diverged(epoch + 1)
-        metrics.update(method.epoch_metrics())
-        for monitor in monitors.values():
-            metrics.update(monitor.epoch_end(epoch + 1))
-        log.write(metrics)
+        first = training.start_step if epoch == start else 0
+        metrics = worker.train(epoch, first, training.sums if first else None)
+        if metrics is None:
+            return worker.log.diverged(epoch + 1)
+        worker.log.write(metrics)
         if epoch == 0:
-            log.show_views(batches.sample, data.mean, data.std)
+            worker.log.show_views(worker.batches.sample, data.mean, data.std)
         due = (epoch + 1) % cfg.checkpoint_every == 0 or epoch + 1 == cfg.epochs
-        state = dict(method=method, optimizer=optimizer, epoch=epoch + 1, config=cfg.to_dict(),
-                     monitors={name: m.state_dict() for name, m in monitors.items()})
-        report(metrics, state if due else None, rank, checkpoint_name(epoch + 1, taken))
-    log.close()
+        report(metrics, worker.state(epoch + 1) if due else None, rank, checkpoint_name(epoch + 1, worker.taken))
+        if due:
+            worker.interruptions.saved()
+    WATCHING.clear()
+    worker.log.close()
     if rank == 0:
         save_backbone(run.local, method.backbone, cfg.to_dict(), max(cfg.epochs, start) if method.trainable else 0)
         run.push(BACKBONE_FILE, "tb")
 
 
+class Worker:
+    """One worker's training objects, built once: what each epoch and each checkpoint uses."""
+
+    def __init__(self, cfg: PretrainConfig, run: RunFolder, data: WorkerData, training: Training, rank: int,
+                 world: int, device: torch.device, hook: StepHook | None) -> None:
+        self.cfg, self.run, self.data, self.training = cfg, run, data, training
+        self.method, self.optimizer = training.method, training.optimizer
+        self.rank, self.world, self.device, self.hook = rank, world, device, hook
+        self.batches = view_batches(cfg, data, self.method, rank, world, device, training.start_epoch,
+                                    training.start_step)
+        context = MonitorContext(self.method.backbone, data, device, cfg.seed, cfg.epochs)
+        self.monitors = build_monitors(cfg.monitors, context)
+        for name, state in training.monitor_state.items():
+            if name in self.monitors:  # a monitor turned on at a resume starts afresh
+                self.monitors[name].load_state_dict(state)
+        self.step = TrainStep(training.model, self.optimizer, cfg.precision)
+        self.log = EpochLog(run, rank, cfg.epochs, training.start_epoch)
+        self.taken = set(run.subfolders("train"))  # read by every rank before any writes a checkpoint
+        self.interruptions = Interruptions(cfg.checkpoint_minutes, cfg.check_every, world, rank, device,
+                                           self.save_inside)
+        self.epoch, self.sums = 0, None
+
+    def train(self, epoch: int, first_step: int = 0, saved_sums: torch.Tensor | None = None) -> dict | None:
+        """Epoch `epoch` (from 0) from step `first_step` on; its figures, or None if a loss was not finite."""
+        self.method.on_epoch_start(epoch, self.optimizer, TrainingImages(self.data, self.device),
+                                   resumed=first_step > 0)
+        self.training.model.train()
+        began = time.perf_counter()
+        self.epoch, self.sums = epoch, EpochSums(self.method.metric_names, self.device)
+        if saved_sums is not None and self.rank == 0:  # the saved sums are every worker's together
+            self.sums.sums.copy_(saved_sums)
+        if self.hook is not None:
+            self.hook.start_epoch(epoch)
+        steps = len(self.batches.loader)
+        progress = Progress(f"epoch {epoch + 1}/{self.cfg.epochs}", steps) if self.rank == 0 else None
+        train_epoch(self.step, self.batches.epoch(epoch, first_step), self.sums, self.hook, progress,
+                    list(self.monitors.values()), first_step, self.interruptions, steps)
+        if self.hook is not None:
+            self.hook.end_epoch()
+        metrics, finite = epoch_metrics(self.sums, time.perf_counter() - began, self.world, epoch + 1)
+        if not finite:
+            return None
+        metrics.update(self.method.epoch_metrics())
+        for monitor in self.monitors.values():
+            metrics.update(monitor.epoch_end(epoch + 1))
+        return metrics
+
+    def state(self, epoch: int, step: int = 0, sums: torch.Tensor | None = None) -> dict[str, Any]:
+        """What a checkpoint after `epoch` completed epochs (and `step` steps of the next) holds."""
+        return dict(method=self.method, optimizer=self.optimizer, epoch=epoch, config=self.cfg.to_dict(),
+                    monitors={name: m.state_dict() for name, m in self.monitors.items()}, step=step, sums=sums)
+
+    def save_inside(self, done: int) -> None:
+        """A checkpoint after `done` steps of the current epoch (reported without epoch figures); its
+        running sums are every worker's together (rank 0 takes them back on a resume)."""
+        sums = self.sums.sums.clone()
+        if self.world > 1:
+            torch.distributed.all_reduce(sums)
+        state = self.state(self.epoch, done, sums)
+        report({"inside_epoch": 1, "epoch": self.epoch, "step": done}, state, self.rank,
+               checkpoint_name(self.epoch, self.taken, done))
+
+
 def view_batches(cfg: PretrainConfig, data: WorkerData, method, rank: int, world: int, device: torch.device,
-                 start: int) -> ViewBatches:
-    """The method's views of this worker's share of every global batch, from epoch `start` on."""
+                 start: int, start_step: int = 0) -> ViewBatches:
+    """The method's views of this worker's share of every global batch, from step `start_step` of
+    epoch `start` on."""
     loader = image_loader(data.labelled if method.needs_labels else data.train, cfg.batch_size, train=True,
                           num_workers=cfg.loader_workers, seed=cfg.seed, rank=rank, workers=world, device=device,
                           indices=True)
-    loader.next_epoch = start
+    loader.resume_at(start, start_step)
     method.generator = torch.Generator(device=device)  # the draws every worker shares, reseeded every step
     augment = build_augment(method.augmentation, data.image_size, data.mean, data.std)
     batches = ViewBatches(loader, augment, method.views_per_image, cfg.seed, device, method.generator,
@@ -106,12 +154,14 @@ def stage_data(data: WorkerData, rank: int) -> None:
         stage(data.uri, data.dataset, data.root, log=print if rank == 0 else (lambda *a: None))
 
 
-def announce(cfg, method, start: int, rank: int) -> None:
+def announce(cfg, method, start: int, step: int, rank: int) -> None:
     if rank != 0:
         return
     if not method.trainable:
         print(f"{cfg.method}: nothing to train, saving the initial backbone")
     elif start >= cfg.epochs:
         print(f"already complete: {start} of {cfg.epochs} epochs done")
+    elif step > 0:
+        print(f"resuming from epoch {start}, step {step} of epoch {start + 1}")
     elif start > 0:
         print(f"resuming from epoch {start}")

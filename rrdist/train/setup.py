@@ -16,6 +16,8 @@ class Training(NamedTuple):
     optimizer: torch.optim.Optimizer | None  # None: nothing to train
     start_epoch: int  # the first epoch to train (counted from 0)
     monitor_state: dict[str, dict[str, Any]]  # each monitor's saved state, by name ({} on a fresh start)
+    start_step: int = 0  # steps of start_epoch already done (a checkpoint inside the epoch)
+    sums: torch.Tensor | None = None  # that epoch's running sums (rrdist.train.step.EpochSums)
 
 
 def build_training(cfg: PretrainConfig, num_classes: int, run: RunFolder, rank: int, world: int,
@@ -36,10 +38,10 @@ def build_training(cfg: PretrainConfig, num_classes: int, run: RunFolder, rank: 
     if cfg.sync_bn and world > 1:  # BatchNorm over the global batch, as one process would compute it
         convert_global_batchnorm(method)  # in place: parameters, buffers and checkpoint keys unchanged
     optimizer = method.configure_optimizer() if method.trainable else None
-    start_epoch, monitor_state = 0, {}
+    start_epoch, monitor_state, start_step, sums = 0, {}, 0, None
     state = resume_state(ray.train.get_checkpoint(), run, announce=rank == 0)
     if state is not None:
-        monitor_state = state.get("monitors", {})
+        monitor_state, start_step, sums = state.get("monitors", {}), int(state.get("step", 0)), state.get("sums")
         method.load_state_dict(state["method"])
         if optimizer is not None:
             optimizer.load_state_dict(state["optimizer"])
@@ -52,7 +54,7 @@ def build_training(cfg: PretrainConfig, num_classes: int, run: RunFolder, rank: 
     model = ray.train.torch.prepare_model(method, parallel_strategy_kwargs=ddp) if distributed else method
     if optimizer is not None:
         optimizer_to(optimizer, device)
-    return Training(method, model, optimizer, start_epoch, monitor_state)
+    return Training(method, model, optimizer, start_epoch, monitor_state, start_step, sums)
 
 
 def no_buffer_broadcast() -> str:

@@ -49,12 +49,14 @@ class EpochSums:
 
 
 def train_epoch(step: TrainStep, batches: Iterable[Batch], sums: EpochSums, hook=None, progress=None,
-                monitors: Sequence = ()) -> EpochSums:
-    """One pass over the batches; `hook` (tests only, `rrdist.train.hooks`) sees each step;
-    `progress` (`rrdist.progress.Progress`) shows the running figures, reading the device only then;
-    each of `monitors` (`rrdist.monitors`) sees each step after the optimizer's."""
+                monitors: Sequence = (), first_step: int = 0, interruptions=None, steps: int = 0) -> EpochSums:
+    """One pass over the batches, which start at step `first_step` of the epoch's `steps` (a resumed
+    epoch); `hook` (tests only, `rrdist.train.hooks`) sees each step; `progress`
+    (`rrdist.progress.Progress`) shows the running figures, reading the device only then; each of
+    `monitors` (`rrdist.monitors`) sees each step after the optimizer's; `interruptions`
+    (`rrdist.train.interruptions`) may checkpoint after a step, or end the epoch there."""
     views = 0
-    for i, batch in enumerate(batches):
+    for i, batch in enumerate(batches, start=first_step):
         if hook is not None:
             batch = hook.before_step(i, batch)
         loss, metrics = step(batch)
@@ -66,6 +68,8 @@ def train_epoch(step: TrainStep, batches: Iterable[Batch], sums: EpochSums, hook
             hook.after_step(i, batch, metrics)
         if progress is not None and progress.due(i + 1):
             progress.update(i + 1, loss=float(sums.sums[0]) / (i + 1), views_per_s=views / progress.elapsed)
+        if interruptions is not None:
+            interruptions.after_step(i + 1, steps)
     if progress is not None:
         progress.close()
     return sums

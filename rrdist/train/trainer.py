@@ -38,7 +38,7 @@ def init_ray(address: str | None = None) -> None:
 
     if ray.is_initialized():
         return
-    runtime_env = {"worker_process_setup_hook": "rrdist.train.logs.quiet_ray_logs"}
+    runtime_env = {"worker_process_setup_hook": "rrdist.train.logs.setup_worker_process"}
     if address:
         ray.init(address=address, runtime_env=runtime_env)
     elif os.environ.get("RAY_ADDRESS"):

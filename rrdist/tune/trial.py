@@ -42,10 +42,23 @@ def run_evaluation(run_dir: Path, evaluation: str, settings: dict[str, Any]) -> 
     return evaluate_retrieval(run_dir, **settings)["top10"]["accuracy"]
 
 
+def epoch_reports():
+    """Ray Train's reports forwarded to Tune, but for checkpoints inside an epoch: they carry no
+    epoch figures for a scheduler to judge (the run resumes from them through Ray Train itself)."""
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    class EpochReports(TuneReportCallback):
+        def after_report(self, run_context, metrics, checkpoint):
+            if metrics and metrics[0].get("inside_epoch"):
+                return
+            super().after_report(run_context, metrics, checkpoint)
+
+    return EpochReports()
+
+
 def run_trial(params: dict[str, Any], context: SweepContext) -> None:
     from ray import tune
     from ray.exceptions import RayActorError
-    from ray.tune.integration.ray_train import TuneReportCallback
 
     from rrdist.errors import find_user_message, first_line
     from rrdist.train.trainer import pretrain
@@ -62,7 +75,7 @@ def run_trial(params: dict[str, Any], context: SweepContext) -> None:
         tune.report({**saved["metrics"], "reused": 1})  # finished before an interruption: not re-run
         return
     try:
-        result = pretrain(cfg, callbacks=[TuneReportCallback()])
+        result = pretrain(cfg, callbacks=[epoch_reports()])
         metrics = dict(result.metrics)  # the last epoch's: loss, the method's figures, monitors, speed
         with working_copy(run_dir, pull=(), push=("eval", "tb")) as local:  # pretrain fetched the backbone
             for evaluation, settings in spec.evaluations.items():

@@ -1,0 +1,92 @@
+"""Checkpoints inside an epoch: every few minutes, and at once when a worker is told to stop.
+
+Every `check_every` steps the workers agree, in one all-reduce of two flags (none on a single
+worker), on whether a checkpoint is due by rank 0's clock and whether any worker was told to stop:
+SIGTERM (what SLURM and Kubernetes send before they kill) or Ray Train's notice that a node is
+being drained. A due checkpoint is written at that step; a stop writes one and ends the workers
+(`Preempted`), so Ray Train, or the batch system's requeue, continues from it. Between checks
+nothing is read from the device: the check is one small host sync every `check_every` steps.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from typing import Callable
+
+import torch
+
+STOP = threading.Event()  # set by SIGTERM while a training loop in this process watches for it
+WATCHING = threading.Event()  # a training loop runs in this process
+
+
+class Preempted(RuntimeError):
+    """The workers were told to stop and have saved a checkpoint to continue from."""
+
+
+def install_stop_handler() -> None:
+    """In a Ray worker process (its setup hook): SIGTERM sets STOP while a training loop watches
+    for it, and otherwise does what Ray's own handler does (end the worker).
+
+    Ray installs its handler after the setup hook has run, through `set_sigterm_handler`; that
+    function is wrapped here so that ours comes first. Should a Ray version not call it, SIGTERM
+    ends the worker as before, and the run continues from its latest checkpoint all the same."""
+    try:
+        import ray._private.utils as ray_utils
+    except ImportError:
+        return
+    original = ray_utils.set_sigterm_handler
+    if getattr(original, "rrdist_wrapped", False):
+        return
+
+    def set_sigterm_handler(handler):
+        def on_sigterm(signum, frame):
+            if WATCHING.is_set():
+                STOP.set()
+            else:
+                handler(signum, frame)
+
+        original(on_sigterm)
+
+    set_sigterm_handler.rrdist_wrapped = True
+    ray_utils.set_sigterm_handler = set_sigterm_handler
+
+
+def drain_notice() -> bool:
+    """Whether Ray Train reports that a node of this run is being drained (a barrier over the workers:
+    every worker calls it at the same steps)."""
+    if os.environ.get("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "1") == "0":
+        return False
+    import ray.train
+
+    get = getattr(ray.train, "get_preemption_info", None)
+    return get is not None and get() is not None
+
+
+class Interruptions:
+    def __init__(self, minutes: float, check_every: int, world: int, rank: int, device: torch.device,
+                 save: Callable[[int], None]) -> None:
+        self.minutes, self.check_every, self.world, self.rank = minutes, check_every, world, rank
+        self.device, self.save = device, save
+        self.last = time.monotonic()
+
+    def saved(self) -> None:
+        """A checkpoint was written (also at an epoch's end): the interval counts from now."""
+        self.last = time.monotonic()
+
+    def after_step(self, done: int, steps: int) -> None:
+        """After `done` of the epoch's `steps` steps; the last step is left to the epoch's own checkpoint."""
+        if done % self.check_every or done >= steps:
+            return
+        due = self.rank == 0 and self.minutes > 0 and time.monotonic() - self.last >= 60 * self.minutes
+        stop = STOP.is_set() or drain_notice()
+        if self.world > 1:
+            flags = torch.tensor([float(due), float(stop)], device=self.device)
+            torch.distributed.all_reduce(flags, op=torch.distributed.ReduceOp.MAX)
+            due, stop = (bool(v) for v in flags.tolist())
+        if due or stop:
+            self.save(done)
+            self.saved()
+        if stop:
+            raise Preempted(f"told to stop at step {done} of {steps}: a checkpoint at that step is saved")
