@@ -19,7 +19,9 @@ QUIET = dict(log=lambda *a: None)
 
 
 def config(root, out, **kw):
-    base = dict(dataset="digits", root=str(root), backbone="conv4", K=2, batch_size=64, epochs=3, workers=2,
+    # One worker: what N workers do through a failure is in tests/test_interruptions.py and
+    # tests/test_global_batch.py; here, what a failure does to the run folder.
+    base = dict(dataset="digits", root=str(root), backbone="conv4", K=2, batch_size=64, epochs=3, workers=1,
                 checkpoint_every=1, out=str(out))
     return make_config(**{**base, **kw})
 
@@ -33,7 +35,7 @@ def final_state(run_dir, epoch):
 
 
 def test_worker_killed_mid_epoch_redoes_the_epoch(digits_root, tmp_path, monkeypatch):
-    monkeypatch.setenv("RRDIST_FAULT", "kill-worker:1:2:3")  # rank 1 kills itself in epoch 2, step 3
+    monkeypatch.setenv("RRDIST_FAULT", "kill-worker:0:2:3")  # the worker kills itself in epoch 2, step 3
     result = pretrain(config(digits_root, tmp_path / "run", max_failures=2), **QUIET)
     run_dir = result.run_dir
     assert (run_dir / ".fault-kill-worker").is_file()  # the failure really happened
@@ -67,11 +69,11 @@ def test_no_readable_checkpoint_stops_at_once_in_one_line(digits_root, tmp_path)
     from rrdist.errors import TrainingError
     from rrdist.train.epoch_log import FAILURE_FILE
 
-    run_dir = pretrain(config(digits_root, tmp_path / "run", epochs=1, workers=1), **QUIET).run_dir
+    run_dir = pretrain(config(digits_root, tmp_path / "run", epochs=1), **QUIET).run_dir
     state = run_dir / "train" / "epoch_0001" / "state.pt"
     state.write_bytes(b"not a checkpoint")
     with pytest.raises(TrainingError, match="no readable checkpoint") as raised:
-        pretrain(config(digits_root, tmp_path / "run", epochs=2, workers=1, max_failures=3), **QUIET)
+        pretrain(config(digits_root, tmp_path / "run", epochs=2, max_failures=3), **QUIET)
     assert len(str(raised.value).splitlines()) == 1 and "new --out folder" in str(raised.value)
     # Written by the workers, which ended normally: Ray Train did not restart them three times.
     assert "no readable checkpoint" in json.loads((run_dir / FAILURE_FILE).read_text())["error"]
@@ -83,7 +85,7 @@ def test_killed_driver_resumes_with_the_same_command(digits_root, tmp_path):
 
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "rrdist", "pretrain", "--dataset", "digits", "--root", str(digits_root),
-           "--K", "2", "--epochs", "4", "--workers", "2", "--checkpoint-every", "1", "--out", str(out),
+           "--K", "2", "--epochs", "4", "--workers", "1", "--checkpoint-every", "1", "--out", str(out),
            "--address", ray.get_runtime_context().gcs_address]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     driver = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,

@@ -250,11 +250,10 @@ def global_trace(folder: Path, epoch: int, workers: int) -> tuple[list[float], l
 
 
 @pytest.mark.usefixtures("ray_session")
-def test_one_and_two_workers_give_the_same_views_and_loss_trace_also_after_a_kill(digits_root, tmp_path,
-                                                                                 monkeypatch):
-    """Whole pretraining runs through the worker loop on real Ray Train, 88 steps each: one worker,
-    two workers, and two workers of which one is killed in epoch 2 (the group restarts from the
-    epoch-1 checkpoint). In float64 (--precision fp64): in float32 the two layouts round
+def test_one_and_two_workers_give_the_same_views_and_loss_trace(digits_root, tmp_path, monkeypatch):
+    """Whole pretraining runs through the worker loop on real Ray Train, 88 steps each: one worker
+    and two workers (a worker killed or stopped mid-run continues with the same trace:
+    tests/test_interruptions.py). In float64 (--precision fp64): in float32 the two layouts round
     differently and Adam, whose first steps are close to sign(gradient), amplifies the rounding
     chaotically (5e-6 at the first step, 1e-3 by the fifth, on digits; bench/RESULTS.md), which
     would hide whether the computations are the same."""
@@ -270,10 +269,6 @@ def test_one_and_two_workers_give_the_same_views_and_loss_trace_also_after_a_kil
 
     one = run("one", 1)
     two = run("two", 2)
-    monkeypatch.setenv("RRDIST_FAULT", "kill-worker:1:2:10")  # rank 1 dies at step 10 of epoch 2
-    killed = run("killed", 2, max_failures=2)
-    monkeypatch.delenv("RRDIST_FAULT")
-    assert (killed / "run" / ".fault-kill-worker").is_file()  # the failure really happened
 
     for epoch in (1, 2):
         loss1, views1, order1 = global_trace(one / "trace", epoch, 1)
@@ -283,10 +278,6 @@ def test_one_and_two_workers_give_the_same_views_and_loss_trace_also_after_a_kil
         assert views1 == views2  # every image's views, bit for bit
         worst = max(abs(a - b) / abs(a) for a, b in zip(loss1, loss2))
         assert worst < 1e-4, (epoch, worst)
-    loss_killed, views_killed, _ = global_trace(killed / "trace", 2, 2)
-    loss2, views2, _ = global_trace(two / "trace", 2, 2)
-    assert views_killed == views2  # the redone epoch saw the same views
-    assert max(abs(a - b) / abs(a) for a, b in zip(loss_killed, loss2)) < 1e-4
     logged = [json.loads(line) for line in (one / "run" / "metrics.jsonl").read_text().splitlines()]
     logged2 = [json.loads(line) for line in (two / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [m["steps"] for m in logged] == [m["steps"] for m in logged2] == [1437 // 32] * 2

@@ -26,7 +26,7 @@ def run(root, folder, monkeypatch, fault=None, **extra):
                       precision="fp64", online_probe=True, max_failures=2, out=str(folder / "run"), **extra)
     pretrain(cfg, log=lambda *a: None)
     ranks = [json.loads((folder / "trace" / f"epoch1-rank{r}.json").read_text()) for r in (0, 1)]
-    trace = {a["step"]: (a["loss"] + b["loss"]) / 2 for a, b in zip(*ranks)}
+    trace = {a["step"]: ((a["loss"] + b["loss"]) / 2, a["views"] + b["views"]) for a, b in zip(*ranks)}
     logged = [json.loads(line) for line in (folder / "run" / "metrics.jsonl").read_text().splitlines()]
     return trace, logged
 
@@ -42,8 +42,9 @@ def same_run(resumed, straight, first):
     reference, reference_logged = straight
     assert sorted(reference) == list(range(STEPS))
     assert sorted(trace) == list(range(first, STEPS))  # continued at the step after the checkpoint
-    for step in trace:
-        assert abs(trace[step] - reference[step]) <= 1e-12 * abs(reference[step]), step
+    for step, (loss, views) in trace.items():
+        assert views == reference[step][1], step  # the same images and views, bit for bit
+        assert abs(loss - reference[step][0]) <= 1e-12 * abs(reference[step][0]), step
     (line,), (want,) = logged, reference_logged
     for key in ("loss", "pair_acc", "probe_acc", "steps"):  # the epoch's sums were restored, the probe too
         assert abs(line[key] - want[key]) <= 1e-12 * abs(want[key]), key

@@ -116,7 +116,7 @@ def test_pretraining_with_out_at_a_bucket(s3, digits_root, tmp_path):
     uri, fs, endpoint = s3
     out = uri("digits-k3")
     cfg = make_config(dataset="digits", root=str(digits_root), backbone="conv4", K=3, batch_size=32,
-                         epochs=2, workers=2, checkpoint_every=1, out=out)
+                         epochs=2, workers=1, checkpoint_every=1, out=out)
     first = pretrain(cfg, **QUIET)
     files = bucket_files(fs, "digits-k3")
     assert {"config.yaml", "metrics.jsonl", "backbone.pt", "train/epoch_0001/state.pt",

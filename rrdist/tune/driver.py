@@ -163,7 +163,9 @@ def build_tuner(spec: SweepSpec, scheduler, folder: RunFolder, parent: RunFolder
     log(f"sweep {spec.name}: {spec.trial_count()} trials -> {folder}")
     return tune.Tuner(
         trainable, param_space=param_space(spec),
+        # reuse_actors: a trial's driver process (its imports, FFCV's compiled code for the evaluations'
+        # loaders) serves the next trial: about 10 s less per trial.
         tune_config=tune.TuneConfig(num_samples=spec.samples, max_concurrent_trials=spec.concurrency or None,
-                                    scheduler=scheduler),
+                                    scheduler=scheduler, reuse_actors=True),
         run_config=tune.RunConfig(name=spec.name, **parent.ray_storage(), callbacks=[_summary_callback()],
                                   failure_config=tune.FailureConfig(max_failures=0)))
