@@ -172,7 +172,7 @@ def test_sweep_with_out_at_a_bucket(s3, digits_root, tmp_path):
     space = tmp_path / "at_bucket.yaml"
     space.write_text(yaml.safe_dump({
         "name": "at_bucket", "fixed": {"dataset": "digits", "backbone": "conv4", "epochs": 1, "batch_size": 64},
-        "axes": {"K": {"grid": [2, 3]}}, "seeds": 1, "trial": {"workers": 1, "cpus_per_worker": 1},
+        "axes": {"K": {"grid": [2]}}, "seeds": 1, "trial": {"workers": 1, "cpus_per_worker": 1},
         "concurrency": 2, "evaluations": {"linear": {"epochs": 3}}}))
     import pyarrow.fs as pafs
 
@@ -182,7 +182,7 @@ def test_sweep_with_out_at_a_bucket(s3, digits_root, tmp_path):
     where = run_sweep(space, root=str(node_root), out=uri("sweeps"), data_uri=uri("data"), log=lambda *a: None)
     assert where == uri("sweeps/at_bucket")
     files = bucket_files(fs, "sweeps/at_bucket")
-    for name in ("K=2,seed=0", "K=3,seed=0"):
+    for name in ("K=2,seed=0",):
         record = json.loads(read(fs, f"sweeps/at_bucket/trials/{name}/trial.json"))
         assert record["status"] == "completed" and 0 < record["metrics"]["linear_acc"] <= 1
         result = json.loads(read(fs, f"sweeps/at_bucket/trials/{name}/eval/linear-trained-digits.json"))
@@ -192,7 +192,7 @@ def test_sweep_with_out_at_a_bucket(s3, digits_root, tmp_path):
     assert (node_root / "ffcv" / "digits" / "train.beton").is_file()  # staged from the bucket
     assert any(f.startswith("hparams/") for f in files) and any(f.endswith("tuner.pkl") for f in files)
     table = read(fs, "sweeps/at_bucket/results.md").decode()
-    assert "| 2 |" in table and "| 3 |" in table
+    assert "| 2 |" in table and "| done |" in table
 
     # Resumed from the bucket alone: nothing is trained again, the records stay as they were.
     shutil.rmtree(os.environ["RRDIST_CACHE"], ignore_errors=True)

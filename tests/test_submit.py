@@ -148,7 +148,7 @@ def test_submit_follow_and_jobs_all_on_loopback(head, tmp_path):
     sampler.start()
     try:
         ok = rrdist("submit", "--address", address, "--follow", "--", "pretrain", "--dataset", "digits",
-                    "--root", str(tmp_path / "data"), "--K", "3", "--epochs", "1", "--workers", "2",
+                    "--root", str(tmp_path / "data"), "--K", "3", "--epochs", "1", "--workers", "1",
                     "--out", str(tmp_path / "run"), env=env, timeout=600)
     finally:
         stop.set()
