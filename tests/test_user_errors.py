@@ -67,6 +67,10 @@ def pretrain(world, *flags):
             *flags]
 
 
+def evaluate(world, name, *flags):
+    return ["evaluate", name, "--run", str(world["run"]), *flags]
+
+
 def asha(**settings):
     return {"asha": {"metric": "loss", **settings}}
 
@@ -97,27 +101,27 @@ CASES = [
     ("data root a file", lambda w: ["data", "prepare", "digits", "--root", str(w["base"] / "a-file")], "is a file"),
     ("unknown dataset", lambda w: ["data", "prepare", "mnist", "--root", str(w["root"])], "mnist"),
     # evaluations: options checked before anything is read or written
-    ("linear epochs zero", lambda w: ["evaluate", "linear", "--run", str(w["run"]), "--epochs", "0"],
+    ("linear epochs zero", lambda w: evaluate(w, "linear", "--epochs", "0"),
      "--epochs must be at least 1"),
-    ("linear epochs negative", lambda w: ["evaluate", "linear", "--run", str(w["run"]), "--epochs", "-3"],
+    ("linear epochs negative", lambda w: evaluate(w, "linear", "--epochs", "-3"),
      "--epochs must be at least 1"),
-    ("linear batch zero", lambda w: ["evaluate", "linear", "--run", str(w["run"]), "--batch-size", "0"],
+    ("linear batch zero", lambda w: evaluate(w, "linear", "--batch-size", "0"),
      "--batch-size must be at least 1"),
-    ("linear lr negative", lambda w: ["evaluate", "linear", "--run", str(w["run"]), "--lr", "-1"], "--lr must be > 0"),
-    ("device unknown", lambda w: ["evaluate", "linear", "--run", str(w["run"]), "--device", "foo"], "not a device"),
-    ("device without a GPU", lambda w: ["evaluate", "linear", "--run", str(w["run"]), "--device", "cuda"],
+    ("linear lr negative", lambda w: evaluate(w, "linear", "--lr", "-1"), "--lr must be > 0"),
+    ("device unknown", lambda w: evaluate(w, "linear", "--device", "foo"), "not a device"),
+    ("device without a GPU", lambda w: evaluate(w, "linear", "--device", "cuda"),
      "no GPU is visible here"),
-    ("finetune epochs zero", lambda w: ["evaluate", "finetune", "--run", str(w["run"]), "--epochs", "0"],
+    ("finetune epochs zero", lambda w: evaluate(w, "finetune", "--epochs", "0"),
      "--epochs must be at least 1"),
-    ("finetune batch zero", lambda w: ["evaluate", "finetune", "--run", str(w["run"]), "--batch-size", "0"],
+    ("finetune batch zero", lambda w: evaluate(w, "finetune", "--batch-size", "0"),
      "--batch-size must be at least 1"),
-    ("retrieval per class zero", lambda w: ["evaluate", "retrieval", "--run", str(w["run"]), "--per-class", "0"],
+    ("retrieval per class zero", lambda w: evaluate(w, "retrieval", "--per-class", "0"),
      "--per-class must be at least 1"),
-    ("tsne max points zero", lambda w: ["evaluate", "tsne", "--run", str(w["run"]), "--max-points", "0"],
+    ("tsne max points zero", lambda w: evaluate(w, "tsne", "--max-points", "0"),
      "--max-points must be at least 2"),
     ("not a run folder", lambda w: ["evaluate", "linear", "--run", str(w["root"])], "not a run folder"),
     ("missing run option", lambda w: ["evaluate", "linear"], "--run"),
-    ("unknown init", lambda w: ["evaluate", "linear", "--run", str(w["run"]), "--init", "zeros"], "invalid choice"),
+    ("unknown init", lambda w: evaluate(w, "linear", "--init", "zeros"), "invalid choice"),
     # search spaces: a wrong type, a value out of range, a block of the wrong shape
     ("grace period a word", lambda w: ["sweep", space_file(w, scheduler=asha(grace_period="five"))], "must be an int"),
     ("reduction a list", lambda w: ["sweep", space_file(w, scheduler=asha(reduction_factor=[1]))], "must be a float"),
