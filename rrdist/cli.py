@@ -113,7 +113,8 @@ def _add_flag(group, f, text: str) -> None:
         extra = {} if f.default else {"const": True}
         group.add_argument(flag, dest=f.name, action=action, default=None, help=text, **extra)
         return
-    group.add_argument(flag, dest=f.name, type=TYPES[type_name(f)], default=None, metavar=f.name.upper(), help=text)
+    kind = str if f.name == "workers" else TYPES[type_name(f)]  # a count, or MIN-MAX (rrdist.config.worker_range)
+    group.add_argument(flag, dest=f.name, type=kind, default=None, metavar=f.name.upper(), help=text)
 
 
 def _run_copy(run: str):

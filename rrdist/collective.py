@@ -2,9 +2,13 @@
 worker holds, gathers whose gradients flow back to the worker that owns the rows, and BatchNorm
 over the global batch.
 
-The global batch of M images is split over N workers in rank order: worker r holds images
-r*m .. (r+1)*m - 1 (m = M / N). Every helper here is the identity on a single process, so a
-method written with them runs unchanged on one worker or many.
+The global batch of M images is split over N workers in rank order, in shares that differ by one
+image at most where N does not divide M (`shares`): worker r holds images start_r .. stop_r - 1.
+A tensor "laid out like the global batch" holds, on each worker, the same number of rows per
+image of its share (K views, 4 rotations, ...); the gathers use the layout set for the process
+(`set_global_batch`) to know every worker's row count without asking (no extra collective), and
+assume equal shares where none is set. Every helper here is the identity on a single process,
+so a method written with them runs unchanged on one worker or many.
 """
 
 from __future__ import annotations
@@ -12,6 +16,8 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 import torch.nn as nn
+
+_GLOBAL_BATCH: int | None = None  # M of this process's training steps; None: equal shares
 
 
 def world() -> tuple[int, int]:
@@ -21,37 +27,90 @@ def world() -> tuple[int, int]:
     return 0, 1
 
 
+def set_global_batch(M: int | None) -> None:
+    """The global batch of every training step in this process (the worker loop sets it; None clears)."""
+    global _GLOBAL_BATCH
+    _GLOBAL_BATCH = M
+
+
+def shares(M: int, n: int) -> list[int]:
+    """Images of each of n workers in a global batch of M: the first M mod n hold one more."""
+    q, extra = divmod(M, n)
+    return [q + (r < extra) for r in range(n)]
+
+
+def own_images(M: int) -> tuple[int, int]:
+    """[start, stop) of this worker's images within the global batch of M."""
+    rank, n = world()
+    sizes = shares(M, n)
+    start = sum(sizes[:rank])
+    return start, start + sizes[rank]
+
+
+def row_counts(rows: int) -> list[int]:
+    """Every worker's rows, in rank order, of a tensor laid out like the global batch of which this
+    worker holds `rows` rows."""
+    rank, n = world()
+    if _GLOBAL_BATCH is None or _GLOBAL_BATCH % n == 0:
+        return [rows] * n
+    sizes = shares(_GLOBAL_BATCH, n)
+    per_image, rest = divmod(rows, sizes[rank])
+    if rest:
+        raise ValueError(f"{rows} rows are not laid out like a share of {sizes[rank]} images")
+    return [per_image * s for s in sizes]
+
+
+def share_factor(rows: int) -> float:
+    """The factor that turns a mean over this worker's `rows` rows (laid out like the global batch)
+    into its share of the global mean, times N: the workers' average of the scaled means (what DDP
+    applies to the gradients, and the epoch figures) is then the global mean. 1 for equal shares."""
+    counts = row_counts(rows)
+    return rows * len(counts) / sum(counts)
+
+
 class _Gather(torch.autograd.Function):
     """All workers' rows in rank order; backward: the sum over workers of the gradient of this
     worker's rows (an all-reduce, which gloo and NCCL both run, then this worker's block)."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+    def forward(ctx, x: torch.Tensor, counts: list[int]) -> torch.Tensor:
         rank, _ = world()
-        ctx.rows = (rank * x.shape[0], (rank + 1) * x.shape[0])
-        return gather_detached(x)
+        start = sum(counts[:rank])
+        ctx.rows = (start, start + counts[rank])
+        return gather_detached(x, counts)
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+    def backward(ctx, grad: torch.Tensor):
         grad = grad.contiguous().clone()
         dist.all_reduce(grad)
-        return grad[ctx.rows[0]:ctx.rows[1]]
+        return grad[ctx.rows[0]:ctx.rows[1]], None
 
 
-def gather(x: torch.Tensor) -> torch.Tensor:
-    """Every worker's rows of x, in rank order; differentiable: each worker receives the gradient
-    of every loss term, on any worker, that used its rows."""
-    return x if world()[1] == 1 else _Gather.apply(x)
+def gather(x: torch.Tensor, counts: list[int] | None = None) -> torch.Tensor:
+    """Every worker's rows of x, in rank order (`counts`: each worker's row count; by default x is
+    laid out like the global batch); differentiable: each worker receives the gradient of every
+    loss term, on any worker, that used its rows."""
+    if world()[1] == 1:
+        return x
+    return _Gather.apply(x, counts if counts is not None else row_counts(x.shape[0]))
 
 
-def gather_detached(x: torch.Tensor) -> torch.Tensor:
-    """Every worker's rows of x, in rank order, without gradient (labels, indices, probe inputs)."""
+def gather_detached(x: torch.Tensor, counts: list[int] | None = None) -> torch.Tensor:
+    """Every worker's rows of x, in rank order, without gradient (labels, indices, probe inputs);
+    `counts` as for `gather`. Uneven shares travel padded to the largest, in one all-gather."""
     _, n = world()
     if n == 1:
         return x
+    counts = counts if counts is not None else row_counts(x.shape[0])
+    most = max(counts)
+    x = x.contiguous()
+    if x.shape[0] < most:
+        x = torch.cat([x, x.new_zeros(most - x.shape[0], *x.shape[1:])])
     parts = [torch.empty_like(x) for _ in range(n)]
-    dist.all_gather(parts, x.contiguous())
-    return torch.cat(parts)
+    dist.all_gather(parts, x)
+    if min(counts) == most:
+        return torch.cat(parts)
+    return torch.cat([part[:count] for part, count in zip(parts, counts)])
 
 
 def gather_views(x: torch.Tensor, K: int) -> torch.Tensor:
@@ -61,15 +120,10 @@ def gather_views(x: torch.Tensor, K: int) -> torch.Tensor:
     _, n = world()
     if n == 1:
         return x
-    blocks = gather(x).reshape(n, K, x.shape[0] // K, *x.shape[1:])  # [worker, view, image, ...]
-    return blocks.transpose(0, 1).reshape(n * x.shape[0], *x.shape[1:])
-
-
-def own_images(M: int) -> tuple[int, int]:
-    """[start, stop) of this worker's images within the global batch of M."""
-    rank, n = world()
-    m = M // n
-    return rank * m, (rank + 1) * m
+    counts = row_counts(x.shape[0])
+    blocks = gather(x, counts).split(counts)  # each worker's [K * m_r, ...]
+    per_view = [b.reshape(K, b.shape[0] // K, *x.shape[1:]) for b in blocks]  # [view, image, ...]
+    return torch.cat(per_view, dim=1).reshape(sum(counts), *x.shape[1:])
 
 
 class _GlobalBatchNormFn(torch.autograd.Function):
@@ -89,7 +143,7 @@ class _GlobalBatchNormFn(torch.autograd.Function):
         c = x.shape[1]
         local_var, local_mean = torch.var_mean(xf, dim=dims, correction=0)
         count = torch.full((1,), x.numel() / c, dtype=xf.dtype, device=x.device)
-        stats = gather_detached(torch.cat([local_mean, local_var * count, count])[None])  # [workers, 2C + 1]
+        stats = gather_detached(torch.cat([local_mean, local_var * count, count])[None], [1] * world()[1])  # [workers, 2C + 1]
         counts = stats[:, -1:]
         total = counts.sum()
         mean = (stats[:, :c] * counts).sum(0) / total

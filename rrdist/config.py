@@ -95,6 +95,29 @@ def convert(value: Any, kind: str, key: str, source: str | Path | None = None) -
         raise ConfigError(f"{where} must be {an} {kind} (got {value!r})") from None
 
 
+def worker_range(value: Any, source: str | Path | None = None) -> tuple[int, int] | None:
+    """(MIN, MAX) of a `workers` value written MIN-MAX (an elastic group); None for a plain count."""
+    if not isinstance(value, str) or "-" not in value.strip().lstrip("-"):
+        return None
+    where = f"key 'workers' in {source}" if source is not None else "--workers"
+    low, _, high = value.strip().partition("-")
+    try:
+        low, high = int(low), int(high)
+    except ValueError:
+        raise ConfigError(f"{where} must be a count or MIN-MAX, such as 4 or 2-8 (got {value!r})") from None
+    if low < 1 or low > high:
+        raise ConfigError(f"{where} {value}: an elastic group needs 1 <= MIN <= MAX, such as 1-{max(high, 1)}")
+    return low, high
+
+
+def expand_workers(data: dict[str, Any], source: str | Path | None = None) -> dict[str, Any]:
+    """`workers: MIN-MAX` as min_workers MIN and workers MAX; other values as they are."""
+    span = worker_range(data.get("workers"), source)
+    if span is None:
+        return data
+    return {**data, "min_workers": span[0], "workers": span[1]}
+
+
 def typed_values(cls: type, data: dict[str, Any], source: str) -> dict[str, Any]:
     """data's values converted to the types of the dataclass `cls`'s fields (one-line errors)."""
     known = {f.name: f for f in fields(cls)}
@@ -115,11 +138,17 @@ class PretrainConfig:
     data_uri: str = setting("", "shared copy of ROOT (file://, s3://, gs://): each node stages it into ROOT once")
     backbone: str = setting("conv4", "backbone network")
     batch_size: int = setting(64, "images per optimizer step over all workers (the paper's M); "
-                                  "each worker holds M / workers")
+                                  "each worker holds M / workers (shares differ by one where that is no integer)")
     epochs: int = setting(200, "total epochs (may grow when resuming)")
     seed: int = setting(0, "seed of weights, data order and views")
     # where and how to run it
-    workers: int = setting(1, "Ray Train workers (data parallel)")
+    workers: int = setting(1, "Ray Train workers (data parallel); MIN-MAX (e.g. 2-8): an elastic group that "
+                              "trains on as many as the cluster has, restarting at the latest checkpoint "
+                              "when that changes (the same experiment at any count)")
+    min_workers: int = setting(0, "the fewest workers of an elastic group (what --workers MIN-MAX sets); "
+                                  "0: a fixed group of --workers")
+    resize_check_s: float = setting(60.0, "seconds between an elastic group's looks for more workers (growing "
+                                          "restarts at the latest checkpoint)")
     use_gpu: bool = setting(False, "one GPU per worker, NCCL")
     gpus_per_worker: float = setting(1.0, "GPUs per worker with --use-gpu; fractions share a GPU between trials")
     cpus_per_worker: int = setting(1, "CPUs reserved per worker (and torch threads)")
@@ -143,7 +172,8 @@ class PretrainConfig:
     # The worker count is one of them: the same global batch, pairs and views on any number of workers.
     RESUMABLE = ("epochs", "checkpoint_every", "checkpoint_minutes", "check_every", "loader_workers",
                  "cpus_per_worker", "gpus_per_worker", "max_failures",
-                 "root", "data_uri", "out", "compile", "workers", "use_gpu")  # and every monitor setting
+                 "root", "data_uri", "out", "compile", "workers", "min_workers", "resize_check_s",
+                 "use_gpu")  # and every monitor setting
     COMPOSED = ("settings", "monitors")  # filled from the registries of methods and monitors
 
     @classmethod
@@ -160,6 +190,11 @@ class PretrainConfig:
                                    f"negatives need two images, pass --batch-size 2 or more")
         need(self.epochs >= 1, f"epochs must be at least 1 (got {self.epochs}): pass --epochs 1 or more")
         need(self.workers >= 1, f"workers must be at least 1 (got {self.workers}): pass --workers 1 or more")
+        need(0 <= self.min_workers <= self.workers,
+             f"an elastic group's fewest workers must be 1 to {self.workers} (got {self.min_workers}-{self.workers}): "
+             f"pass --workers MIN-MAX with 1 <= MIN <= MAX")
+        need(self.resize_check_s == self.resize_check_s and self.resize_check_s > 0,
+             f"--resize-check-s must be more than 0 (got {self.resize_check_s}): pass 60")
         need(self.cpus_per_worker >= 1, f"cpus per worker must be at least 1 (got {self.cpus_per_worker})")
         need(0 < self.gpus_per_worker <= 8, f"gpus per worker must be in (0, 8] (got {self.gpus_per_worker})")
         need(self.loader_workers >= 1, f"loader workers must be at least 1 (got {self.loader_workers})")
@@ -177,18 +212,15 @@ class PretrainConfig:
         return self
 
     def _check_split(self) -> None:
-        """The global batch must split evenly, and leave each worker enough images."""
+        """The global batch must leave each worker enough images at the largest worker count (shares
+        differ by one image at most, so any count up to M runs the same experiment)."""
         least = 1 if self.sync_bn or self.workers == 1 else 2  # a per-worker BatchNorm needs two images
-        valid = [n for n in range(1, self.batch_size + 1) if self.batch_size % n == 0 and self.batch_size // n >= least]
-        counts = ", ".join(map(str, valid))
-        if self.batch_size % self.workers:
-            raise ConfigError(f"--batch-size {self.batch_size} (images per step over all workers) cannot be split "
-                              f"evenly over {self.workers} workers: use --workers {counts}, or a batch size "
-                              f"divisible by {self.workers}")
+        most = self.batch_size // least
         if self.batch_size // self.workers < least:
-            raise ConfigError(f"--batch-size {self.batch_size} over {self.workers} workers leaves "
-                              f"{self.batch_size // self.workers} image per worker, and BatchNorm per worker "
-                              f"(--no-sync-bn) needs {least}: use --workers {counts}, or --sync-bn")
+            need_ = "" if least == 1 else ", and BatchNorm per worker (--no-sync-bn) needs 2 images each"
+            raise ConfigError(f"--batch-size {self.batch_size} cannot give each of {self.workers} workers "
+                              f"{'an image' if least == 1 else 'two images'}{need_}: pass --workers {most} "
+                              f"or fewer, or --batch-size {self.workers * least} or more")
 
     def to_dict(self) -> dict[str, Any]:
         """Flat: the shared fields, the method's settings, then every monitor's."""

@@ -26,7 +26,15 @@ def run_cli(capsys, *argv):
     (["--aggregation", "prod"], "unknown aggregation 'prod'"),
     (["--method", "byol"], "unknown method 'byol'"),
     (["--epochs", "0"], "epochs must be at least 1"),
-    (["--batch-size", "64", "--workers", "3"], "cannot be split evenly over 3 workers: use --workers 1, 2, 4, 8"),
+    (["--batch-size", "2", "--workers", "3"], "cannot give each of 3 workers an image: pass --workers 2 or fewer"),
+    (["--batch-size", "16", "--workers", "2-17"], "cannot give each of 17 workers an image: pass --workers 16"),
+    (["--workers", "3-1"], "--workers 3-1: an elastic group needs 1 <= MIN <= MAX"),
+    (["--workers", "0-2"], "--workers 0-2: an elastic group needs 1 <= MIN <= MAX"),
+    (["--workers", "two"], "must be an int"),
+    (["--workers", "1-x"], "--workers must be a count or MIN-MAX"),
+    (["--min-workers", "3", "--workers", "2"], "fewest workers must be 1 to 2"),
+    (["--resize-check-s", "0"], "--resize-check-s must be more than 0"),
+    (["--workers", "64"], "this machine's Ray has 2 CPUs"),
     (["--batch-size", "4", "--workers", "4", "--no-sync-bn"], "BatchNorm per worker (--no-sync-bn) needs 2"),
 ])
 def test_bad_pretrain_settings(capsys, tmp_path, flags, message):

@@ -28,11 +28,13 @@ def test_global_batches_are_split_over_the_ranks_in_order(count, batch):
         single = global_batch_order(count, batch, seed=3, epoch=epoch)
         assert len(single) == (count // batch) * batch  # the last partial batch is dropped
         assert len(set(single.tolist())) == len(single) and single.max() < count
-        for workers in (2, 4, 8):
-            m = batch // workers
-            for rank in range(workers):
-                share = global_batch_order(count, batch, 3, epoch, rank, workers)
-                assert np.array_equal(share.reshape(-1, m), single.reshape(-1, batch)[:, rank * m:(rank + 1) * m])
+        for workers in (2, 3, 4, 5, 8):
+            parts = [global_batch_order(count, batch, 3, epoch, rank, workers) for rank in range(workers)]
+            sizes = [len(p) // (count // batch) for p in parts]
+            assert max(sizes) - min(sizes) <= (batch % workers > 0) and sum(sizes) == batch  # differ by one at most
+            assert sizes == sorted(sizes, reverse=True)  # the first ranks hold the extra images
+            rows = np.concatenate([p.reshape(count // batch, -1) for p in parts], axis=1)
+            assert np.array_equal(rows, single.reshape(-1, batch))  # the shares side by side are the batch
     assert not np.array_equal(global_batch_order(count, batch, 3, 0), global_batch_order(count, batch, 3, 1))
     assert not np.array_equal(global_batch_order(count, batch, 3, 0), global_batch_order(count, batch, 4, 0))
     assert np.array_equal(global_batch_order(count, batch, 3, 0), global_batch_order(count, batch, 3, 0))
@@ -158,6 +160,9 @@ def one_step(name, root, rank, workers, model_wrapper=None):
     from rrdist.monitors.probe import OnlineProbe, ProbeSettings
     from rrdist.train.batches import build_augment
 
+    from rrdist.collective import set_global_batch
+
+    set_global_batch(M)  # as the worker loop does: the shares of a global batch N may not divide
     manifest = load_manifest("digits", root)
     cfg = make_config(dataset="digits", batch_size=M, seed=0, **METHODS[name])
     torch.manual_seed(0)
@@ -192,7 +197,8 @@ def steps_on_workers(config):
 
     torch.set_num_threads(1)
     rank = ray.train.get_context().get_world_rank()
-    results = {name: one_step(name, config["root"], rank, 2, ray.train.torch.prepare_model) for name in METHODS}
+    workers = config["workers"]
+    results = {name: one_step(name, config["root"], rank, workers, ray.train.torch.prepare_model) for name in METHODS}
     torch.save(results, Path(config["out"]) / f"rank{rank}.pt")
     ray.train.report({})
 
@@ -201,7 +207,9 @@ def fit(fn, config, workers=2):
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    TorchTrainer(fn, train_loop_config=config, scaling_config=ScalingConfig(num_workers=workers),
+    # Half a CPU each: three workers fit this 2-core machine's Ray.
+    TorchTrainer(fn, train_loop_config=config, scaling_config=ScalingConfig(num_workers=workers,
+                                                                            resources_per_worker={"CPU": 0.5}),
                  run_config=RunConfig(storage_path=str(config["out"]), name="fit")).fit()
 
 
@@ -210,19 +218,21 @@ def relative_difference(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 @pytest.mark.usefixtures("ray_session")
-def test_one_step_on_two_workers_equals_one_process_for_every_method(digits_root, tmp_path):
-    """DDP over 2 workers, each holding half the global batch, with global BatchNorm: the averaged
-    gradients are those of one process holding the whole batch, for every method; the workers'
-    mean loss is the whole batch's loss, and the online probe trains as on one process."""
-    fit(steps_on_workers, {"root": str(digits_root), "out": str(tmp_path)})
-    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
+@pytest.mark.parametrize("workers", [2, 3])
+def test_one_step_on_n_workers_equals_one_process_for_every_method(digits_root, tmp_path, workers):
+    """DDP over 2 workers (8 images each) and 3 workers (shares of 6, 5 and 5: M = 16 does not
+    divide), with global BatchNorm: the averaged gradients are those of one process holding the
+    whole batch, for every method; the workers' mean loss is the whole batch's loss, and the online
+    probe trains as on one process."""
+    fit(steps_on_workers, {"root": str(digits_root), "out": str(tmp_path), "workers": workers}, workers)
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(workers)]
     torch.set_num_threads(1)
     for name in METHODS:
         want = one_step(name, digits_root, 0, 1)
         got = ranks[0][name]
-        loss = (ranks[0][name]["loss"] + ranks[1][name]["loss"]) / 2
+        loss = sum(r[name]["loss"] for r in ranks) / workers
         assert abs(loss - want["loss"]) <= 1e-9 * abs(want["loss"]), name
-        assert abs((ranks[0][name]["acc"] + ranks[1][name]["acc"]) / 2 - want["acc"]) < 1e-6, name  # float32 counts
+        assert abs(sum(r[name]["acc"] for r in ranks) / workers - want["acc"]) < 1e-6, name  # float32 counts
         assert got["grads"].keys() == want["grads"].keys(), name
         largest = max(float(g.norm()) for g in want["grads"].values())
         moved = 0
@@ -230,13 +240,13 @@ def test_one_step_on_two_workers_equals_one_process_for_every_method(digits_root
             # A conv bias followed by BatchNorm has a true gradient of zero: compared to the largest.
             difference = float((got["grads"][param] - g).norm())
             assert difference <= 1e-7 * float(g.norm()) + 1e-10 * largest, (name, param, difference)
-            assert torch.equal(got["grads"][param], ranks[1][name]["grads"][param])  # DDP: one gradient
+            assert torch.equal(got["grads"][param], ranks[-1][name]["grads"][param])  # DDP: one gradient
             moved += bool(g.abs().sum() > 0)
         assert moved >= len(want["grads"]) // 2, name  # the step reaches the network
         assert relative_difference(got["probe"], want["probe"]) < 1e-5, name
         for buffer, b in want["buffers"].items():  # BatchNorm's running statistics: the global batch's
             assert torch.allclose(got["buffers"][buffer], b, rtol=1e-9, atol=1e-12), (name, buffer)
-        assert torch.equal(got["probe"], ranks[1][name]["probe"]), name
+        assert torch.equal(got["probe"], ranks[-1][name]["probe"]), name
 
 
 # --------------------------------------------------------------------------- whole runs

@@ -28,7 +28,7 @@ def run(root, folder, monkeypatch, fault=None, **extra):
     ranks = [json.loads((folder / "trace" / f"epoch1-rank{r}.json").read_text()) for r in (0, 1)]
     trace = {a["step"]: ((a["loss"] + b["loss"]) / 2, a["views"] + b["views"]) for a, b in zip(*ranks)}
     logged = [json.loads(line) for line in (folder / "run" / "metrics.jsonl").read_text().splitlines()]
-    return trace, logged
+    return trace, logged  # epoch lines and restart events ("event")
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +45,7 @@ def same_run(resumed, straight, first):
     for step, (loss, views) in trace.items():
         assert views == reference[step][1], step  # the same images and views, bit for bit
         assert abs(loss - reference[step][0]) <= 1e-12 * abs(reference[step][0]), step
-    (line,), (want,) = logged, reference_logged
+    (line,), (want,) = [m for m in logged if "event" not in m], reference_logged
     for key in ("loss", "pair_acc", "probe_acc", "steps"):  # the epoch's sums were restored, the probe too
         assert abs(line[key] - want[key]) <= 1e-12 * abs(want[key]), key
 
@@ -57,6 +57,9 @@ def test_a_worker_killed_inside_an_epoch_redoes_only_the_steps_since_the_last_ch
                   check_every=5)
     assert (tmp_path / "run" / ".fault-kill-worker").is_file()
     same_run(resumed, straight, first=10)
+    (event,) = [m for m in resumed[1] if "event" in m]  # the restart, logged: steps 10-12 done twice
+    assert (event["event"], event["workers_before"], event["workers"]) == ("restart", 2, 2)
+    assert (event["epoch"], event["step"], event["steps_redone"]) == (0, 10, 3) and event["stalled_s"] > 0
 
 
 def test_sigterm_to_one_worker_saves_a_checkpoint_there_and_the_run_continues(digits_root, tmp_path, monkeypatch,
@@ -70,6 +73,7 @@ def test_sigterm_to_one_worker_saves_a_checkpoint_there_and_the_run_continues(di
     state = torch.load(tmp_path / "run" / "train" / "epoch_0000_step_000015" / "state.pt", weights_only=True)
     assert (state["epoch"], state["step"]) == (0, 15) and state["monitors"]["probe"]["sums"][1] > 0
     same_run(resumed, straight, first=15)
+    assert not [m for m in resumed[1] if "event" in m]  # the stop lost nothing: no step was redone
 
 
 def test_checkpoint_names_sort_in_training_order():

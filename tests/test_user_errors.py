@@ -133,6 +133,9 @@ CASES = [
     ("ASHA not a mapping", lambda w: ["sweep", space_file(w, scheduler={"asha": 5})], "must be a mapping"),
     ("trial not a mapping", lambda w: ["sweep", space_file(w, trial=[1, 2])], "must be a mapping"),
     ("trial workers zero", lambda w: ["sweep", space_file(w, trial={"workers": 0})], "at least 1"),
+    ("trial workers backwards", lambda w: ["sweep", space_file(w, trial={"workers": "3-1"})], "1 <= MIN <= MAX"),
+    ("trial workers past M", lambda w: ["sweep", space_file(w, trial={"workers": "1-300"})],
+     "cannot give each of 300 workers an image"),
     ("evaluation not a mapping", lambda w: ["sweep", space_file(w, evaluations={"linear": 5})], "must be a mapping"),
     ("evaluation setting a word", lambda w: ["sweep", space_file(w, evaluations={"linear": {"epochs": "many"}})],
      "must be an int"),
@@ -142,7 +145,7 @@ CASES = [
     ("seeds a flag", lambda w: ["sweep", space_file(w, seeds=True)], "'seeds'"),
     ("space missing", lambda w: ["sweep", str(w["base"] / "nope.yaml")], "does not exist"),
     # demo
-    ("demo workers 3", lambda w: ["demo", "--workers", "3", "--out", str(w["base"] / "demo")], "pass --workers 2"),
+    ("demo workers 65", lambda w: ["demo", "--workers", "65", "--out", str(w["base"] / "demo")], "pass --workers 2"),
     ("demo out a file", lambda w: ["demo", "--out", str(w["base"] / "a-file")], "is a file"),
 ]
 

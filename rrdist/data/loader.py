@@ -15,15 +15,24 @@ def global_batch_order(count: int, batch_size: int, seed: int, epoch: int, rank:
     """The images (positions in the split) worker `rank` reads in `epoch`, batch after batch.
 
     One seeded permutation per epoch, cut into global batches of `batch_size` (the last partial
-    batch is dropped); worker r takes the r-th contiguous share of every batch. Concatenating the
-    workers' shares of a batch in rank order gives that batch as one worker reads it.
+    batch is dropped); worker r takes the r-th contiguous share of every batch (shares differ by one
+    image at most: `rrdist.collective.shares`). Concatenating the workers' shares of a batch in rank
+    order gives that batch as one worker reads it.
     """
     from rrdist.data.keyed import key
 
-    m = batch_size // workers
+    start, stop = share_of(batch_size, rank, workers)
     permutation = np.random.default_rng(key(seed, epoch, 0x0D4E)).permutation(count)
     batches = permutation[:(count // batch_size) * batch_size].reshape(-1, batch_size)
-    return batches[:, rank * m:(rank + 1) * m].reshape(-1)
+    return batches[:, start:stop].reshape(-1)
+
+
+def share_of(batch_size: int, rank: int, workers: int) -> tuple[int, int]:
+    """[start, stop) of worker `rank`'s images in every global batch."""
+    from rrdist.collective import shares
+
+    sizes = shares(batch_size, workers)
+    return sum(sizes[:rank]), sum(sizes[:rank + 1])
 
 
 def _global_batch_traversal(batch_size: int, seed: int, rank: int, workers: int):
@@ -42,7 +51,8 @@ def _global_batch_traversal(batch_size: int, seed: int, rank: int, workers: int)
         def sample_order(self, epoch: int) -> np.ndarray:
             order = global_batch_order(len(self.indices), batch_size, seed, epoch, rank, workers)
             if self.skip is not None and self.skip[0] == epoch:  # the same order, its first steps left out
-                order = order[self.skip[1] * (batch_size // workers):]
+                start, stop = share_of(batch_size, rank, workers)
+                order = order[self.skip[1] * (stop - start):]
             return self.indices[order]
 
     return GlobalBatchOrder()
@@ -62,7 +72,7 @@ def image_loader(path: str | Path, batch_size: int, *, train: bool, num_workers:
     from ffcv.loader import Loader, OrderOption
     from ffcv.transforms import ToDevice, ToTensor
 
-    if batch_size % workers:
+    if batch_size < workers:
         raise ValueError(f"a global batch of {batch_size} cannot be split over {workers} workers")
     if batch_size < 1 or num_workers < 1:  # settings, not the file: checked before FFCV sees them
         raise DataError(f"a loader needs a batch size and decoding threads of at least 1 (got {batch_size} and "
@@ -78,10 +88,12 @@ def image_loader(path: str | Path, batch_size: int, *, train: bool, num_workers:
         label.append(ToDevice(device, non_blocking=True))
         if index is not None:
             index.append(ToDevice(device, non_blocking=True))
+    start, stop = share_of(batch_size, rank, workers)
+    share = stop - start
     threads = torch.get_num_threads()
     try:
         loader = Loader(
-            str(path), batch_size=batch_size // workers if train else batch_size, num_workers=num_workers,
+            str(path), batch_size=share if train else batch_size, num_workers=num_workers,
             order=_global_batch_traversal(batch_size, seed, rank, workers) if train else OrderOption.SEQUENTIAL,
             os_cache=True, drop_last=train if drop_last is None else drop_last,
             pipelines={"image": image, "label": label, "index": index}, seed=seed, batches_ahead=3,

@@ -5,10 +5,11 @@ training step and returns (loss, metrics): `metric_names` in order, detached ten
 on the device until the worker loop reads them once per epoch.
 
 A step on N workers must equal a step on one worker holding the whole global batch: each worker's
-`forward` sees its share (M / N images, in rank order; `rrdist.collective`), and its loss is
-scaled so that the mean of the workers' gradients (what DDP applies) is the single-process
-gradient. Per-image losses averaged over equal shares satisfy this as they are; losses that relate
-images to each other gather what they need.
+`forward` sees its share (M / N images in rank order, or shares differing by one image where N
+does not divide M; `rrdist.collective`), and its loss is scaled so that the mean of the workers'
+gradients (what DDP applies) is the single-process gradient: a mean over the worker's rows times
+`share_factor` (1 for equal shares), or a sum over the global count times N. Losses that relate
+images to each other gather what they need. Metrics are scaled alike.
 
 A new method is one file: a `Settings` dataclass (its own flags, defaults, help and checks, and
 `lr`, its optimiser's rate), a `Method` subclass, and its rows of the paper's tables (`PAPER`);

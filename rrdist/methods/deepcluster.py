@@ -22,6 +22,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from rrdist import paper
+from rrdist.collective import share_factor
 from rrdist.config import PretrainConfig
 from rrdist.errors import DataError
 from rrdist.methods.base import Method
@@ -108,6 +109,7 @@ class DeepCluster(Method):
 
     def forward(self, views: torch.Tensor, labels: torch.Tensor):
         logits = self.head(self.backbone(views))
-        loss = F.cross_entropy(logits, labels)
-        acc = (logits.argmax(dim=1) == labels).float().mean()
+        share = share_factor(labels.shape[0])  # uneven shares: the workers' average is the global mean
+        loss = F.cross_entropy(logits, labels) * share
+        acc = (logits.argmax(dim=1) == labels).float().mean() * share
         return loss, {"loss": loss.detach(), "cluster_acc": acc.detach()}

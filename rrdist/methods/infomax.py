@@ -23,7 +23,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from rrdist import paper
-from rrdist.collective import gather, own_images, world
+from rrdist.collective import gather, own_images, share_factor, world
 from rrdist.config import PretrainConfig, setting
 from rrdist.losses import local_jsd
 from rrdist.methods.base import AdamSettings, Method
@@ -95,7 +95,8 @@ class DeepInfoMax(Method):
         prior = torch.rand(M, d, generator=self.generator, device=y.device, dtype=y.dtype)[start:stop]
         real = self.prior_discriminator(prior).squeeze(1)
         fake = self.prior_discriminator(_Reverse.apply(torch.sigmoid(y))).squeeze(1)
+        share = share_factor(real.shape[0])  # uneven shares: the workers' average is the global mean
         prior_loss = (F.binary_cross_entropy_with_logits(real, torch.ones_like(real)) +
-                      F.binary_cross_entropy_with_logits(fake, torch.zeros_like(fake)))
+                      F.binary_cross_entropy_with_logits(fake, torch.zeros_like(fake))) * share
         loss = BETA * mi_loss + GAMMA * prior_loss
-        return loss, {"loss": loss.detach(), "prior_acc": (real > 0).float().mean().detach()}
+        return loss, {"loss": loss.detach(), "prior_acc": (real > 0).float().mean().detach() * share}

@@ -15,6 +15,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from rrdist import paper
+from rrdist.collective import share_factor
 from rrdist.config import PretrainConfig
 from rrdist.methods.base import Method
 from rrdist.models.heads import mlp_head
@@ -47,6 +48,7 @@ class RotationNet(Method):
     def forward(self, views: torch.Tensor, labels: torch.Tensor):
         turned, targets = rotations(views)
         logits = self.head(self.backbone(turned.contiguous(memory_format=torch.channels_last)))
-        loss = F.cross_entropy(logits, targets)
-        acc = (logits.argmax(dim=1) == targets).float().mean()
+        share = share_factor(targets.shape[0])  # uneven shares: the workers' average is the global mean
+        loss = F.cross_entropy(logits, targets) * share
+        acc = (logits.argmax(dim=1) == targets).float().mean() * share
         return loss, {"loss": loss.detach(), "rotation_acc": acc.detach()}

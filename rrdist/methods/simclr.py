@@ -21,7 +21,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from rrdist import paper
-from rrdist.collective import gather, world
+from rrdist.collective import gather, row_counts, share_factor, world
 from rrdist.config import PretrainConfig, need, setting
 from rrdist.losses import nt_xent
 from rrdist.methods.base import AdamSettings, Method
@@ -61,6 +61,9 @@ class SimCLR(Method):
 
     def forward(self, views: torch.Tensor, labels: torch.Tensor):
         z = F.normalize(self.head(self.backbone(views)), dim=1)
-        offset = world()[0] * z.shape[0]  # where this worker's rows start among everyone's
-        loss, acc = nt_xent(z, gather(z), offset, self.settings.temperature)
+        counts = row_counts(z.shape[0])
+        offset = sum(counts[:world()[0]])  # where this worker's rows start among everyone's
+        loss, acc = nt_xent(z, gather(z, counts), offset, self.settings.temperature)
+        share = share_factor(z.shape[0])  # uneven shares: the workers' average is the global mean
+        loss, acc = loss * share, acc * share
         return loss, {"loss": loss.detach(), "positive_acc": acc.detach()}

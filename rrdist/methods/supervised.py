@@ -16,6 +16,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from rrdist import paper
+from rrdist.collective import share_factor
 from rrdist.config import PretrainConfig, need, setting
 from rrdist.methods.base import Method, Settings, check_lr
 from rrdist.schedules import step_lr
@@ -58,6 +59,7 @@ class Supervised(Method):
 
     def forward(self, views: torch.Tensor, labels: torch.Tensor):
         logits = self.classifier(self.backbone(views))
-        loss = F.cross_entropy(logits, labels)
-        acc = (logits.argmax(dim=1) == labels).float().mean()
+        share = share_factor(labels.shape[0])  # uneven shares: the workers' average is the global mean
+        loss = F.cross_entropy(logits, labels) * share
+        acc = (logits.argmax(dim=1) == labels).float().mean() * share
         return loss, {"loss": loss.detach(), "train_acc": acc.detach()}

@@ -4,8 +4,8 @@ every few epochs (`--knn-every N`): `knn_acc`, logged to TensorBoard and reporte
 scheduler can act on it.
 
 It reads the backbone in eval mode without gradients and draws no random numbers, so the training
-it watches is unchanged (tested). On N workers each worker embeds its share of both subsets; the
-bank is gathered and the correct counts are summed, so every worker reports the same figure.
+it watches is unchanged (tested). On N workers each worker embeds its share of both subsets (the same
+subsets for any N); the bank is gathered and the correct counts are summed, so every worker reports the same figure.
 It keeps no state between epochs: nothing to checkpoint.
 """
 
@@ -18,7 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from rrdist.collective import gather_detached, world
+from rrdist.collective import gather_detached, shares, world
 from rrdist.config import need, setting
 from rrdist.errors import ConfigError
 from rrdist.monitors.base import Monitor, MonitorContext, MonitorSettings
@@ -62,10 +62,9 @@ def weighted_knn(bank: torch.Tensor, bank_labels: torch.Tensor, queries: torch.T
     return votes.argmax(dim=1)
 
 
-def subset(count: int, size: int, seed: int, workers: int) -> np.ndarray:
-    """A fixed random subset of positions, sorted, its size a multiple of the worker count."""
-    size = min(size, count) // workers * workers
-    return np.sort(np.random.default_rng(seed).choice(count, size, replace=False))
+def subset(count: int, size: int, seed: int) -> np.ndarray:
+    """A fixed random subset of positions, sorted; the same for any worker count."""
+    return np.sort(np.random.default_rng(seed).choice(count, min(size, count), replace=False))
 
 
 class KnnMonitor(Monitor):
@@ -80,12 +79,14 @@ class KnnMonitor(Monitor):
         rank, workers = world()
         data = context.data
         self.prep = KViewAugment(data.image_size, data.mean, data.std)
-        self.loaders = []
+        self.loaders, self.bank_counts = [], []
         for path, size, salt in ((data.labelled, settings.knn_bank, 0), (data.test, settings.knn_queries, 1)):
-            chosen = subset(split_size(Path(path)), size, context.seed * 2 + salt, workers)
-            share = chosen.reshape(-1, workers)[:, rank]  # interleaved: equal shares
+            chosen = subset(split_size(Path(path)), size, context.seed * 2 + salt)
+            counts = shares(len(chosen), workers)  # contiguous shares: the gathered bank is one process's
+            start = sum(counts[:rank])
+            self.bank_counts = self.bank_counts or counts
             self.loaders.append(image_loader(path, 512, train=False, device=context.device, drop_last=False,
-                                             subset=share))
+                                             subset=chosen[start:start + counts[rank]]))
 
     def epoch_end(self, epoch: int) -> dict[str, float]:
         if epoch % self.settings.knn_every and epoch != self.context.epochs:
@@ -98,7 +99,7 @@ class KnnMonitor(Monitor):
         device, s = self.context.device, self.settings
         bank, bank_labels = embed(backbone, self.loaders[0], self.prep, device, "kNN bank")
         queries, labels = embed(backbone, self.loaders[1], self.prep, device, "kNN queries")
-        bank, bank_labels = gather_detached(bank), gather_detached(bank_labels)
+        bank, bank_labels = gather_detached(bank, self.bank_counts), gather_detached(bank_labels, self.bank_counts)
         predicted = weighted_knn(bank, bank_labels, queries, self.context.data.num_classes, s.knn_k,
                                  s.knn_temperature)
         correct = (predicted == labels).sum().double()

@@ -16,14 +16,14 @@ STATE_FILE = "state.pt"
 
 def save_state(directory: Path, method: torch.nn.Module, optimizer: torch.optim.Optimizer, epoch: int,
                config: dict[str, Any], monitors: dict[str, dict[str, Any]] | None = None, step: int = 0,
-               sums: torch.Tensor | None = None) -> Path:
+               sums: torch.Tensor | None = None, workers: int = 1) -> Path:
     """Everything needed to continue at the next step: the method (backbone, head, its own state),
     optimizer, completed epochs, config, monitors' states, and inside an epoch the steps done in it
-    and its running sums."""
+    and its running sums; and the worker count that wrote it (a restart on another count is a resize)."""
     path = Path(directory) / STATE_FILE
     atomic.torch_save({"method": method.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
                        "config": config, "monitors": monitors or {}, "step": step,
-                       "sums": sums.detach().cpu().clone() if sums is not None else None}, path)
+                       "sums": sums.detach().cpu().clone() if sums is not None else None, "workers": workers}, path)
     return path
 
 

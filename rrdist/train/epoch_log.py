@@ -99,6 +99,24 @@ class EpochLog:
                          if k not in self.LOGGED and k not in ("views_per_s", "epoch_time_s"))
         print(f"epoch {done}/{self.epochs} {shown} {metrics['views_per_s']:.0f} views/s")
 
+    def event(self, event: dict[str, Any] | None) -> None:
+        """A restart or a resize (`rrdist.train.position.restart_event`): a line of metrics.jsonl (with
+        "event"), TensorBoard's run/workers and run/steps_redone at the epoch it resumed in, and a line."""
+        if self.writer is None or event is None:
+            return
+        at = event["epoch"] + 1
+        self.writer.add_scalar("run/workers", event["workers"], at)
+        if event["steps_redone"] is not None:
+            self.writer.add_scalar("run/steps_redone", event["steps_redone"], at)
+        self.writer.add_text("run/events", json.dumps(event), at)
+        self.writer.flush()
+        with open(self.run.local / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(event) + "\n")
+        self.run.push("metrics.jsonl", "tb")
+        redone = event["steps_redone"] if event["steps_redone"] is not None else "unknown"
+        print(f"{event['event']}: {event['workers_before']} -> {event['workers']} workers, from epoch {at} step "
+              f"{event['step']}, {redone} steps redone")
+
     def show_views(self, sample, mean, std) -> None:
         """A grid in TensorBoard: each row a training image, then its views as the method sees them."""
         if self.writer is None or sample is None:

@@ -7,7 +7,8 @@ Production runs have none. They are set by the environment of the process that s
 - RRDIST_FAULT=sigterm-worker:RANK:EPOCH:STEP: that worker's process gets SIGTERM once, as from a
   batch system or a node being reclaimed (the same marker file);
 - RRDIST_TRACE=FOLDER: every worker writes, per epoch, each step's loss (its share of the global
-  loss), image indices and per-image view sums to FOLDER/epoch{E}-rank{R}.json (syncs with the device).
+  loss), image indices, per-image view sums and the worker count to FOLDER/epoch{E}-rank{R}.json
+  (syncs with the device).
 """
 
 from __future__ import annotations
@@ -21,14 +22,15 @@ from rrdist.train.batches import Batch
 
 
 class StepHook:
-    def __init__(self, fault: str | None, trace: str | None, rank: int, run_dir: Path) -> None:
+    def __init__(self, fault: str | None, trace: str | None, rank: int, run_dir: Path, world: int = 1) -> None:
         self.fault, self.trace_dir, self.rank, self.run_dir = fault or "", trace, rank, Path(run_dir)
+        self.world = world
         self.epoch, self.steps = 0, []
 
     @classmethod
-    def from_loop_config(cls, loop_config: dict, rank: int, run_dir: Path) -> "StepHook | None":
+    def from_loop_config(cls, loop_config: dict, rank: int, run_dir: Path, world: int = 1) -> "StepHook | None":
         fault, trace = loop_config.get("fault"), loop_config.get("trace")
-        return cls(fault, trace, rank, run_dir) if fault or trace else None
+        return cls(fault, trace, rank, run_dir, world) if fault or trace else None
 
     def start_epoch(self, epoch: int) -> None:
         self.epoch, self.steps = epoch + 1, []
@@ -46,7 +48,7 @@ class StepHook:
         m = batch.indices.shape[0]
         views = batch.views.detach().double().reshape(-1, m, batch.views[0].numel()).sum(2).t()
         self.steps.append({"step": step, "loss": float(metrics["loss"]), "images": batch.indices.tolist(),
-                           "views": views.tolist()})
+                           "views": views.tolist(), "workers": self.world})
 
     def end_epoch(self) -> None:
         if self.trace_dir is not None:

@@ -66,10 +66,11 @@ def drain_notice() -> bool:
 
 class Interruptions:
     def __init__(self, minutes: float, check_every: int, world: int, rank: int, device: torch.device,
-                 save: Callable[[int], None]) -> None:
+                 save: Callable[[int], None], position=None) -> None:
         self.minutes, self.check_every, self.world, self.rank = minutes, check_every, world, rank
-        self.device, self.save = device, save
+        self.device, self.save, self.position = device, save, position  # position: rrdist.train.position
         self.last = time.monotonic()
+        self.epoch = 0  # the epoch in progress (from 0), set by the worker loop
 
     def saved(self) -> None:
         """A checkpoint was written (also at an epoch's end): the interval counts from now."""
@@ -77,6 +78,8 @@ class Interruptions:
 
     def after_step(self, done: int, steps: int) -> None:
         """After `done` of the epoch's `steps` steps; the last step is left to the epoch's own checkpoint."""
+        if self.position is not None:
+            self.position.at(self.epoch, done)
         if done % self.check_every or done >= steps:
             return
         due = self.rank == 0 and self.minutes > 0 and time.monotonic() - self.last >= 60 * self.minutes

@@ -9,6 +9,7 @@ import ray.train
 import ray.train.torch
 import torch
 
+from rrdist.collective import set_global_batch
 from rrdist.config import PretrainConfig
 from rrdist.data.loader import image_loader
 from rrdist.data.worker_data import WorkerData
@@ -23,6 +24,7 @@ from rrdist.train.checkpoint import checkpoint_name
 from rrdist.train.hooks import StepHook
 from rrdist.train.logs import quiet_ray_logs
 from rrdist.train.interruptions import WATCHING, Interruptions
+from rrdist.train.position import Position, read_position, restart_event
 from rrdist.train.setup import Training, build_training
 from rrdist.train.step import EpochSums, TrainStep, train_epoch
 
@@ -35,6 +37,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     cfg, run, data = loop_config["config"], RunFolder(loop_config["run"]), loop_config["data"]
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    set_global_batch(cfg.batch_size)  # the shares of every step's global batch (uneven where N does not divide M)
     device = ray.train.torch.get_device() if cfg.use_gpu else torch.device("cpu")
     try:
         training = build_training(cfg, data.num_classes, run, rank, world, device)
@@ -43,10 +46,11 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     stage_data(data, rank)
     torch.set_num_threads(cfg.cpus_per_worker)
     set_kernel_threads(cfg.cpus_per_worker)
-    worker = Worker(cfg, run, data, training, rank, world, device, StepHook.from_loop_config(loop_config, rank,
-                                                                                             run.local))
+    hook = StepHook.from_loop_config(loop_config, rank, run.local, world)
+    worker = Worker(cfg, run, data, training, rank, world, device, hook)
     method, start = training.method, training.start_epoch
     announce(cfg, method, start, training.start_step, rank)
+    worker.log_restart()
     WATCHING.set()  # SIGTERM now asks for a checkpoint and a stop
     for epoch in range(start, cfg.epochs if method.trainable else 0):
         first = training.start_step if epoch == start else 0
@@ -62,6 +66,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             worker.interruptions.saved()
     WATCHING.clear()
     worker.log.close()
+    worker.close()
     if rank == 0:
         save_backbone(run.local, method.backbone, cfg.to_dict(), max(cfg.epochs, start) if method.trainable else 0)
         run.push(BACKBONE_FILE, "tb")
@@ -85,9 +90,21 @@ class Worker:
         self.step = TrainStep(training.model, self.optimizer, cfg.precision)
         self.log = EpochLog(run, rank, cfg.epochs, training.start_epoch)
         self.taken = set(run.subfolders("train"))  # read by every rank before any writes a checkpoint
+        self.position = Position(run.local, world) if rank == 0 else None
         self.interruptions = Interruptions(cfg.checkpoint_minutes, cfg.check_every, world, rank, device,
-                                           self.save_inside)
+                                           self.save_inside, self.position)
         self.epoch, self.sums = 0, None
+
+    def log_restart(self) -> None:
+        """Rank 0: a start that redoes steps, or runs on another worker count, is logged as an event."""
+        if self.rank == 0:
+            t = self.training
+            self.log.event(restart_event(read_position(self.run.local), t.start_epoch, t.start_step,
+                                         len(self.batches.loader), t.saved_workers, self.world))
+
+    def close(self) -> None:
+        if self.position is not None:
+            self.position.close()
 
     def train(self, epoch: int, first_step: int = 0, saved_sums: torch.Tensor | None = None) -> dict | None:
         """Epoch `epoch` (from 0) from step `first_step` on; its figures, or None if a loss was not finite."""
@@ -96,6 +113,7 @@ class Worker:
         self.training.model.train()
         began = time.perf_counter()
         self.epoch, self.sums = epoch, EpochSums(self.method.metric_names, self.device)
+        self.interruptions.epoch = epoch
         if saved_sums is not None and self.rank == 0:  # the saved sums are every worker's together
             self.sums.sums.copy_(saved_sums)
         if self.hook is not None:
@@ -117,7 +135,8 @@ class Worker:
     def state(self, epoch: int, step: int = 0, sums: torch.Tensor | None = None) -> dict[str, Any]:
         """What a checkpoint after `epoch` completed epochs (and `step` steps of the next) holds."""
         return dict(method=self.method, optimizer=self.optimizer, epoch=epoch, config=self.cfg.to_dict(),
-                    monitors={name: m.state_dict() for name, m in self.monitors.items()}, step=step, sums=sums)
+                    monitors={name: m.state_dict() for name, m in self.monitors.items()}, step=step, sums=sums,
+                    workers=self.world)
 
     def save_inside(self, done: int) -> None:
         """A checkpoint after `done` steps of the current epoch (reported without epoch figures); its

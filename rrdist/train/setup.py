@@ -18,6 +18,7 @@ class Training(NamedTuple):
     monitor_state: dict[str, dict[str, Any]]  # each monitor's saved state, by name ({} on a fresh start)
     start_step: int = 0  # steps of start_epoch already done (a checkpoint inside the epoch)
     sums: torch.Tensor | None = None  # that epoch's running sums (rrdist.train.step.EpochSums)
+    saved_workers: int = 0  # the worker count that wrote the checkpoint (0: a fresh start)
 
 
 def build_training(cfg: PretrainConfig, num_classes: int, run: RunFolder, rank: int, world: int,
@@ -38,14 +39,14 @@ def build_training(cfg: PretrainConfig, num_classes: int, run: RunFolder, rank: 
     if cfg.sync_bn and world > 1:  # BatchNorm over the global batch, as one process would compute it
         convert_global_batchnorm(method)  # in place: parameters, buffers and checkpoint keys unchanged
     optimizer = method.configure_optimizer() if method.trainable else None
-    start_epoch, monitor_state, start_step, sums = 0, {}, 0, None
+    start_epoch, monitor_state, start_step, sums, saved_workers = 0, {}, 0, None, 0
     state = resume_state(ray.train.get_checkpoint(), run, announce=rank == 0)
     if state is not None:
         monitor_state, start_step, sums = state.get("monitors", {}), int(state.get("step", 0)), state.get("sums")
         method.load_state_dict(state["method"])
         if optimizer is not None:
             optimizer.load_state_dict(state["optimizer"])
-        start_epoch = int(state["epoch"])
+        start_epoch, saved_workers = int(state["epoch"]), int(state.get("workers", 1))
     if cfg.compile:
         method.backbone.compile()  # in place: parameter names (and checkpoints) stay as they are
     # Global BatchNorm keeps every worker's running statistics equal: no need for DDP to broadcast them.
@@ -54,7 +55,7 @@ def build_training(cfg: PretrainConfig, num_classes: int, run: RunFolder, rank: 
     model = ray.train.torch.prepare_model(method, parallel_strategy_kwargs=ddp) if distributed else method
     if optimizer is not None:
         optimizer_to(optimizer, device)
-    return Training(method, model, optimizer, start_epoch, monitor_state, start_step, sums)
+    return Training(method, model, optimizer, start_epoch, monitor_state, start_step, sums, saved_workers)
 
 
 def no_buffer_broadcast() -> str:

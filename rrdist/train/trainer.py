@@ -84,19 +84,38 @@ def pretrain(cfg: PretrainConfig, address: str | None = None, log=print, callbac
     check_folder(cfg.root, "--root")
     run = RunFolder(cfg.out)
     resumed = check_run_folder(cfg, run)
+    check_local_cpus(cfg, address)
     data = worker_data(cfg, log)  # everything is checked before the run folder is written
     run.write_text("config.yaml", cfg.to_yaml())
     run.delete(FAILURE_FILE)
     init_ray(address)
     trainer = build_trainer(cfg, run, data, callbacks or [])
     own = ", ".join(f"{k}={v}" for k, v in dataclasses.asdict(cfg.settings).items())
-    log(f"pretraining {cfg.method}/{cfg.backbone} on {cfg.dataset} ({own}), {cfg.workers} worker(s) -> {run}")
+    workers = f"{cfg.min_workers}-{cfg.workers}" if cfg.min_workers else str(cfg.workers)
+    log(f"pretraining {cfg.method}/{cfg.backbone} on {cfg.dataset} ({own}), {workers} worker(s) -> {run}")
     result = fit(trainer)
     failure = run.read_text(FAILURE_FILE)
     if failure is not None:
         raise TrainingError(json.loads(failure)["error"])
     run.pull("config.yaml", "metrics.jsonl", BACKBONE_FILE)  # a run at a URI: evaluations read the working copy
     return PretrainResult(run.local, last_metrics(run.local) or dict(result.metrics or {}), resumed)
+
+
+def check_local_cpus(cfg: PretrainConfig, address: str | None) -> None:
+    """A private local Ray has this machine's CPUs and no more: a group that cannot fit would wait
+    for workers that never come, so it is refused at once (a cluster may still grow: not checked)."""
+    if address or os.environ.get("RAY_ADDRESS"):
+        return
+    try:
+        from ray._private.utils import get_num_cpus
+        cpus = int(get_num_cpus())
+    except Exception:  # a Ray without it: the machine's count
+        cpus = os.cpu_count() or 1
+    fewest = cfg.min_workers or cfg.workers
+    if fewest * cfg.cpus_per_worker > cpus:
+        most = max(1, cpus // cfg.cpus_per_worker)
+        raise ConfigError(f"{fewest} worker(s) of {cfg.cpus_per_worker} CPU(s) do not fit: this machine's Ray has "
+                          f"{cpus} CPUs: pass --workers {most} (or 1-{cfg.workers}), or --address of a cluster")
 
 
 def worker_data(cfg: PretrainConfig, log=print) -> WorkerData:
@@ -141,8 +160,10 @@ def build_trainer(cfg: PretrainConfig, run: RunFolder, data: WorkerData, callbac
         train_loop_per_worker,
         train_loop_config=loop_config,
         torch_config=AddressBoundTorchConfig(backend="nccl" if cfg.use_gpu else "gloo"),
-        scaling_config=ScalingConfig(num_workers=cfg.workers, use_gpu=cfg.use_gpu,
-                                     resources_per_worker={"CPU": cfg.cpus_per_worker, **gpus}),
+        scaling_config=ScalingConfig(num_workers=(cfg.min_workers, cfg.workers) if cfg.min_workers else cfg.workers,
+                                     use_gpu=cfg.use_gpu, resources_per_worker={"CPU": cfg.cpus_per_worker, **gpus},
+                                     **({"elastic_resize_monitor_interval_s": cfg.resize_check_s}
+                                        if cfg.min_workers else {})),
         run_config=RunConfig(name="train", **run.ray_storage(), checkpoint_config=CheckpointConfig(num_to_keep=2),
                              failure_config=FailureConfig(max_failures=cfg.max_failures), callbacks=callbacks),
     )
@@ -170,5 +191,5 @@ def last_metrics(run_dir: Path) -> dict[str, Any]:
     path = run_dir / "metrics.jsonl"
     if not path.is_file():
         return {}
-    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    lines = [line for line in path.read_text().splitlines() if line.strip() and '"event"' not in line]
     return json.loads(lines[-1]) if lines else {}

@@ -9,7 +9,7 @@ axes:                          # swept settings: grid / choice / uniform / logun
   # variant: {points: [aggregation=sum, head=dot+backbone=resnet32]}   # a grid of setting bundles
 seeds: 3                       # every point runs with seeds 0..2 (or a list of seeds)
 samples: 1                     # draws of the random axes (choice / uniform / loguniform)
-trial: {workers: 1, cpus_per_worker: 1, gpus_per_worker: 0}   # per trial; fractional GPUs share one
+trial: {workers: 1, cpus_per_worker: 1, gpus_per_worker: 0}   # per trial (workers: MIN-MAX: elastic)
 concurrency: 2                 # trials at once (0: as many as the cluster fits)
 scheduler: fifo                # or {asha: {metric: loss, mode: min, grace_period: 5, reduction_factor: 2}}
 evaluations: {linear: {epochs: 100}, linear_random: {epochs: 100}}   # also finetune: {epochs}, retrieval: {per_class}
@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 
-from rrdist.config import PretrainConfig, convert, read_yaml
+from rrdist.config import PretrainConfig, convert, read_yaml, worker_range
 from rrdist.errors import ConfigError
 from rrdist.methods import METHODS, all_keys, config_from_dict, default_method, setting_owners
 from rrdist.monitors import figure_names
@@ -90,8 +90,9 @@ class SweepSpec:
                 "seed": seed, "root": root, "out": out, **({"data_uri": data_uri} if data_uri else {}),
                 "workers": self.trial.get("workers", 1), "cpus_per_worker": self.trial.get("cpus_per_worker", 1),
                 "use_gpu": gpus > 0, "gpus_per_worker": gpus if gpus > 0 else 1.0}
-        if "loader_workers" in self.trial:
-            data["loader_workers"] = self.trial["loader_workers"]
+        for key in ("loader_workers", "min_workers"):
+            if key in self.trial:
+                data[key] = self.trial[key]
         return config_from_dict(data, source=self.source)
 
     def grid_points(self) -> list[dict[str, Any]]:
@@ -258,7 +259,13 @@ def read_seeds(seeds: Any, source: str) -> list[int]:
 
 
 def read_trial(raw: Any, source: str) -> dict[str, Any]:
+    """The trial block; `workers: MIN-MAX` makes every trial an elastic group."""
+    span = worker_range(raw.get("workers"), f"{source} (trial)") if isinstance(raw, dict) else None
+    if span is not None:
+        raw = {**raw, "workers": span[1]}
     trial = {**DEFAULT_TRIAL, **typed_block(raw, TRIAL_KEYS, source, "trial", "a trial setting")}
+    if span is not None:
+        trial["min_workers"] = span[0]
     at_least(source, "trial", trial, {"workers": 1, "cpus_per_worker": 1, "gpus_per_worker": 0, "loader_workers": 1})
     return trial
 
