@@ -115,7 +115,7 @@ class Worker:
         self.epoch, self.sums = epoch, EpochSums(self.method.metric_names, self.device)
         self.interruptions.epoch = epoch
         if saved_sums is not None and self.rank == 0:  # the saved sums are every worker's together
-            self.sums.sums.copy_(saved_sums)
+            self.sums.restore(saved_sums, self.training.saved_workers, self.world)
         if self.hook is not None:
             self.hook.start_epoch(epoch)
         steps = len(self.batches.loader)

@@ -40,6 +40,14 @@ class EpochSums:
         self.sums[n + 1] += ~torch.isfinite(loss.detach())
         self.sums[n + 2] += views
 
+    def restore(self, saved: torch.Tensor, saved_workers: int, workers: int) -> None:
+        """Rank 0 takes back a checkpoint's sums (every worker's together). Each worker adds its
+        share of a metric and a 1 to the steps at every step, so those sums scale with the worker
+        count: a run resumed on another count rescales them, as if its workers had run those steps."""
+        self.sums.copy_(saved)
+        if saved_workers and saved_workers != workers:
+            self.sums[:len(self.names) + 1] *= workers / saved_workers
+
     def totals(self) -> dict[str, float]:
         """Read once (the epoch's host sync): each metric's mean per step, and steps, nonfinite, views."""
         values = self.sums.tolist()
