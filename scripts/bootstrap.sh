@@ -11,6 +11,8 @@ shift || true
 
 # System packages FFCV builds against.
 packages=(pkg-config libopencv-dev libturbojpeg0-dev build-essential)
+# The tests also run cluster/slurm.sbatch on a one-machine SLURM (tests/test_slurm.py).
+[ "$job" = test ] && packages+=(slurmctld slurmd slurm-client munge)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

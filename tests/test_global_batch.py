@@ -2,7 +2,6 @@
 one, two and three workers (real FFCV loaders; real Ray Train with gloo on the CPU). Whole runs on
 1, 2 and 3 workers give the same loss trace: tests/test_elastic.py."""
 
-import json
 import sys
 from pathlib import Path
 

@@ -6,6 +6,10 @@ SIGTERM (what SLURM and Kubernetes send before they kill) or Ray Train's notice 
 being drained. A due checkpoint is written at that step; a stop writes one and ends the workers
 (`Preempted`), so Ray Train, or the batch system's requeue, continues from it. Between checks
 nothing is read from the device: the check is one small host sync every `check_every` steps.
+
+A batch job whose whole allocation ends (cluster/slurm.sbatch) names a stop file instead
+(RRDIST_STOP_FILE, on a filesystem every node sees): once it exists the workers checkpoint at the
+next check and the run ends (`Stopped`) rather than restart, so the job can requeue itself.
 """
 
 from __future__ import annotations
@@ -23,6 +27,14 @@ WATCHING = threading.Event()  # a training loop runs in this process
 
 class Preempted(RuntimeError):
     """The workers were told to stop and have saved a checkpoint to continue from."""
+
+
+class Stopped(Preempted):
+    """As Preempted, for the whole run: the stop file exists (no restart can help until it is gone)."""
+
+
+def stop_requested(stop_file: str | None) -> bool:
+    return bool(stop_file) and os.path.exists(stop_file)
 
 
 def install_stop_handler() -> None:
@@ -66,11 +78,12 @@ def drain_notice() -> bool:
 
 class Interruptions:
     def __init__(self, minutes: float, check_every: int, world: int, rank: int, device: torch.device,
-                 save: Callable[[int], None], position=None) -> None:
+                 save: Callable[[int], None], position=None, stop_file: str | None = None) -> None:
         self.minutes, self.check_every, self.world, self.rank = minutes, check_every, world, rank
         self.device, self.save, self.position = device, save, position  # position: rrdist.train.position
         self.last = time.monotonic()
         self.epoch = 0  # the epoch in progress (from 0), set by the worker loop
+        self.stop_file = stop_file
 
     def saved(self) -> None:
         """A checkpoint was written (also at an epoch's end): the interval counts from now."""
@@ -84,12 +97,17 @@ class Interruptions:
             return
         due = self.rank == 0 and self.minutes > 0 and time.monotonic() - self.last >= 60 * self.minutes
         stop = STOP.is_set() or drain_notice()
+        ended = self.rank == 0 and stop_requested(self.stop_file)  # rank 0 looks: one file system call
         if self.world > 1:
-            flags = torch.tensor([float(due), float(stop)], device=self.device)
+            flags = torch.tensor([float(due), float(stop), float(ended)], device=self.device)
             torch.distributed.all_reduce(flags, op=torch.distributed.ReduceOp.MAX)
-            due, stop = (bool(v) for v in flags.tolist())
-        if due or stop:
+            due, stop, ended = (bool(v) for v in flags.tolist())
+        if due or stop or ended:
             self.save(done)
             self.saved()
+        where = f"step {done} of {steps} in epoch {self.epoch + 1}"
+        if ended:
+            raise Stopped(f"stopped at {where} (the stop file {self.stop_file} exists): a checkpoint there is "
+                          f"saved; run the same command again to continue")
         if stop:
-            raise Preempted(f"told to stop at step {done} of {steps}: a checkpoint at that step is saved")
+            raise Preempted(f"told to stop at {where}: a checkpoint at that step is saved")

@@ -23,7 +23,7 @@ from rrdist.train.epoch_log import EpochLog, epoch_metrics, record_failure, repo
 from rrdist.train.checkpoint import checkpoint_name
 from rrdist.train.hooks import StepHook
 from rrdist.train.logs import quiet_ray_logs
-from rrdist.train.interruptions import WATCHING, Interruptions
+from rrdist.train.interruptions import WATCHING, Interruptions, Stopped
 from rrdist.train.position import Position, read_position, restart_event
 from rrdist.train.setup import Training, build_training
 from rrdist.train.step import EpochSums, TrainStep, train_epoch
@@ -47,14 +47,18 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     torch.set_num_threads(cfg.cpus_per_worker)
     set_kernel_threads(cfg.cpus_per_worker)
     hook = StepHook.from_loop_config(loop_config, rank, run.local, world)
-    worker = Worker(cfg, run, data, training, rank, world, device, hook)
+    worker = Worker(cfg, run, data, training, rank, world, device, hook, loop_config.get("stop_file"))
     method, start = training.method, training.start_epoch
     announce(cfg, method, start, training.start_step, rank)
     worker.log_restart()
     WATCHING.set()  # SIGTERM now asks for a checkpoint and a stop
     for epoch in range(start, cfg.epochs if method.trainable else 0):
         first = training.start_step if epoch == start else 0
-        metrics = worker.train(epoch, first, training.sums if first else None)
+        try:
+            metrics = worker.train(epoch, first, training.sums if first else None)
+        except Stopped as e:  # the whole run ends here (a batch job's allocation): no restart
+            worker.close()
+            return record_failure(run, rank, str(e))
         if metrics is None:
             return worker.log.diverged(epoch + 1)
         worker.log.write(metrics)
@@ -76,7 +80,7 @@ class Worker:
     """One worker's training objects, built once: what each epoch and each checkpoint uses."""
 
     def __init__(self, cfg: PretrainConfig, run: RunFolder, data: WorkerData, training: Training, rank: int,
-                 world: int, device: torch.device, hook: StepHook | None) -> None:
+                 world: int, device: torch.device, hook: StepHook | None, stop_file: str | None = None) -> None:
         self.cfg, self.run, self.data, self.training = cfg, run, data, training
         self.method, self.optimizer = training.method, training.optimizer
         self.rank, self.world, self.device, self.hook = rank, world, device, hook
@@ -92,7 +96,7 @@ class Worker:
         self.taken = set(run.subfolders("train"))  # read by every rank before any writes a checkpoint
         self.position = Position(run.local, world) if rank == 0 else None
         self.interruptions = Interruptions(cfg.checkpoint_minutes, cfg.check_every, world, rank, device,
-                                           self.save_inside, self.position)
+                                           self.save_inside, self.position, stop_file)
         self.epoch, self.sums = 0, None
 
     def log_restart(self) -> None:

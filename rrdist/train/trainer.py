@@ -154,6 +154,7 @@ def build_trainer(cfg: PretrainConfig, run: RunFolder, data: WorkerData, callbac
         "config": cfg, "run": run.location, "data": data, "monitors": dict(MONITORS),
         "fault": os.environ.get("RRDIST_FAULT"),  # test hooks: a failure to inject,
         "trace": os.environ.get("RRDIST_TRACE"),  # and a folder for every worker's per-step losses
+        "stop_file": os.environ.get("RRDIST_STOP_FILE"),  # a batch job's request to checkpoint and end
     }
     gpus = {"GPU": cfg.gpus_per_worker} if cfg.use_gpu else {}
     return TorchTrainer(
