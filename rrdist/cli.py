@@ -42,7 +42,8 @@ def _pretrain(args: argparse.Namespace) -> int:
     backbone = f"{folder}/backbone.pt" if is_uri(cfg.out) else result.run_dir / "backbone.pt"
     logdir = f"{folder}/tb" if is_uri(cfg.out) else Path(cfg.out).parent
     figures = ", ".join(f"{k.replace('_', ' ')} {v:.4g}" for k, v in m.items()
-                        if k not in ("epoch", "steps", "views_per_s", "epoch_time_s") and isinstance(v, float))
+                        if k not in ("epoch", "steps", "views_per_s", "epoch_time_s", "checkpoint_s")
+                        and isinstance(v, float))
     print(f"done: {m.get('epoch', cfg.epochs)} epochs{', ' + figures if figures else ''}; backbone in {backbone}")
     print(f"next: rrdist evaluate linear --run {shlex.quote(out)}    tensorboard --logdir {logdir}")
     return 0

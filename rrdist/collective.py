@@ -17,6 +17,8 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
+from rrdist.data.loader import shares  # the data layer splits each global batch; this follows it
+
 _GLOBAL_BATCH: int | None = None  # M of this process's training steps; None: equal shares
 
 
@@ -31,12 +33,6 @@ def set_global_batch(M: int | None) -> None:
     """The global batch of every training step in this process (the worker loop sets it; None clears)."""
     global _GLOBAL_BATCH
     _GLOBAL_BATCH = M
-
-
-def shares(M: int, n: int) -> list[int]:
-    """Images of each of n workers in a global batch of M: the first M mod n hold one more."""
-    q, extra = divmod(M, n)
-    return [q + (r < extra) for r in range(n)]
 
 
 def own_images(M: int) -> tuple[int, int]:

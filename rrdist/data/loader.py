@@ -16,7 +16,7 @@ def global_batch_order(count: int, batch_size: int, seed: int, epoch: int, rank:
 
     One seeded permutation per epoch, cut into global batches of `batch_size` (the last partial
     batch is dropped); worker r takes the r-th contiguous share of every batch (shares differ by one
-    image at most: `rrdist.collective.shares`). Concatenating the workers' shares of a batch in rank
+    image at most: `shares`). Concatenating the workers' shares of a batch in rank
     order gives that batch as one worker reads it.
     """
     from rrdist.data.keyed import key
@@ -27,10 +27,14 @@ def global_batch_order(count: int, batch_size: int, seed: int, epoch: int, rank:
     return batches[:, start:stop].reshape(-1)
 
 
+def shares(M: int, n: int) -> list[int]:
+    """Images of each of n workers in a global batch of M: the first M mod n hold one more."""
+    q, extra = divmod(M, n)
+    return [q + (r < extra) for r in range(n)]
+
+
 def share_of(batch_size: int, rank: int, workers: int) -> tuple[int, int]:
     """[start, stop) of worker `rank`'s images in every global batch."""
-    from rrdist.collective import shares
-
     sizes = shares(batch_size, workers)
     return sum(sizes[:rank]), sum(sizes[:rank + 1])
 

@@ -18,7 +18,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from rrdist.collective import gather_detached, shares, world
+from rrdist.collective import gather_detached, world
+from rrdist.data.loader import shares
 from rrdist.config import need, setting
 from rrdist.errors import ConfigError
 from rrdist.monitors.base import Monitor, MonitorContext, MonitorSettings

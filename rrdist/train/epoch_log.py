@@ -96,7 +96,7 @@ class EpochLog:
             f.write(json.dumps(metrics) + "\n")
         self.run.push("metrics.jsonl", "tb")
         shown = " ".join(f"{k.replace('_', '-')} {v:.4g}" for k, v in metrics.items()
-                         if k not in self.LOGGED and k not in ("views_per_s", "epoch_time_s"))
+                         if k not in self.LOGGED and k not in ("views_per_s", "epoch_time_s", "checkpoint_s"))
         print(f"epoch {done}/{self.epochs} {shown} {metrics['views_per_s']:.0f} views/s")
 
     def event(self, event: dict[str, Any] | None) -> None:

@@ -98,6 +98,7 @@ class Worker:
         self.interruptions = Interruptions(cfg.checkpoint_minutes, cfg.check_every, world, rank, device,
                                            self.save_inside, self.position, stop_file)
         self.epoch, self.sums = 0, None
+        self.checkpoint_s = 0.0  # time spent writing checkpoints inside the epoch
 
     def log_restart(self) -> None:
         """Rank 0: a start that redoes steps, or runs on another worker count, is logged as an event."""
@@ -117,6 +118,7 @@ class Worker:
         self.training.model.train()
         began = time.perf_counter()
         self.epoch, self.sums = epoch, EpochSums(self.method.metric_names, self.device)
+        self.checkpoint_s = 0.0
         self.interruptions.epoch = epoch
         if saved_sums is not None and self.rank == 0:  # the saved sums are every worker's together
             self.sums.restore(saved_sums, self.training.saved_workers, self.world)
@@ -131,6 +133,7 @@ class Worker:
         metrics, finite = epoch_metrics(self.sums, time.perf_counter() - began, self.world, epoch + 1)
         if not finite:
             return None
+        metrics["checkpoint_s"] = self.checkpoint_s  # what the checkpoints inside the epoch cost
         metrics.update(self.method.epoch_metrics())
         for monitor in self.monitors.values():
             metrics.update(monitor.epoch_end(epoch + 1))
@@ -145,12 +148,14 @@ class Worker:
     def save_inside(self, done: int) -> None:
         """A checkpoint after `done` steps of the current epoch (reported without epoch figures); its
         running sums are every worker's together (rank 0 takes them back on a resume)."""
+        began = time.perf_counter()
         sums = self.sums.sums.clone()
         if self.world > 1:
             torch.distributed.all_reduce(sums)
         state = self.state(self.epoch, done, sums)
         report({"inside_epoch": 1, "epoch": self.epoch, "step": done}, state, self.rank,
                checkpoint_name(self.epoch, self.taken, done))
+        self.checkpoint_s += time.perf_counter() - began
 
 
 def view_batches(cfg: PretrainConfig, data: WorkerData, method, rank: int, world: int, device: torch.device,
