@@ -34,6 +34,10 @@ def run_cli(capsys, *argv):
     (["--workers", "1-x"], "--workers must be a count or MIN-MAX"),
     (["--min-workers", "3", "--workers", "2"], "fewest workers must be 1 to 2"),
     (["--resize-check-s", "0"], "--resize-check-s must be more than 0"),
+    (["--checkpoint-every", "0"], "checkpoint interval must be at least 1 epoch"),
+    (["--checkpoint-minutes", "-1"], "--checkpoint-minutes must be >= 0"),
+    (["--checkpoint-minutes", "nan"], "--checkpoint-minutes must be >= 0"),
+    (["--check-every", "0"], "--check-every must be at least 1 step"),
     (["--workers", "64"], "this machine's Ray has 2 CPUs"),
     (["--batch-size", "4", "--workers", "4", "--no-sync-bn"], "BatchNorm per worker (--no-sync-bn) needs 2"),
 ])
