@@ -139,7 +139,8 @@ class _GlobalBatchNormFn(torch.autograd.Function):
         c = x.shape[1]
         local_var, local_mean = torch.var_mean(xf, dim=dims, correction=0)
         count = torch.full((1,), x.numel() / c, dtype=xf.dtype, device=x.device)
-        stats = gather_detached(torch.cat([local_mean, local_var * count, count])[None], [1] * world()[1])  # [workers, 2C + 1]
+        local = torch.cat([local_mean, local_var * count, count])[None]
+        stats = gather_detached(local, [1] * world()[1])  # [workers, 2C + 1]: one row each
         counts = stats[:, -1:]
         total = counts.sum()
         mean = (stats[:, :c] * counts).sum(0) / total

@@ -322,3 +322,15 @@ def test_points_axis_runs_one_trial_per_bundle(tmp_path, digits_root):
         assert {"retrieval-digits.json", "retrieval-digits.png", "finetune-digits.json"} <= {f.name for f in run.iterdir()}
     report = (sweep_dir / "results.md").read_text()
     assert "aggregation=sum" in report and "finetune acc" in report and "retrieval acc" in report
+
+
+def test_a_space_with_a_worker_range_makes_every_trial_an_elastic_group():
+    from rrdist.tune.space import parse
+
+    fixed = {"dataset": "digits", "epochs": 2, "batch_size": 64}
+    spec = parse({"fixed": fixed, "axes": {"K": {"grid": [2, 4]}}, "trial": {"workers": "2-5"}}, "space.yaml")
+    configs = [spec.trial_config(p, 0, "data", "out") for p in spec.grid_points()]
+    assert [(c.min_workers, c.workers) for c in configs] == [(2, 5), (2, 5)]
+    plain = parse({"fixed": fixed, "axes": {"K": {"grid": [2]}}, "trial": {"workers": 3}}, "space.yaml")
+    (config,) = [plain.trial_config(p, 0, "data", "out") for p in plain.grid_points()]
+    assert (config.min_workers, config.workers) == (0, 3)  # a fixed group

@@ -106,6 +106,8 @@ def check_local_cpus(cfg: PretrainConfig, address: str | None) -> None:
     for workers that never come, so it is refused at once (a cluster may still grow: not checked)."""
     if address or os.environ.get("RAY_ADDRESS"):
         return
+    if "ray" in sys.modules and sys.modules["ray"].is_initialized():  # a Tune trial, or a session's own Ray
+        return
     try:
         from ray._private.utils import get_num_cpus
         cpus = int(get_num_cpus())
