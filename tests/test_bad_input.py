@@ -105,3 +105,12 @@ def test_no_traceback_from_the_installed_command(tmp_path):
 def test_evaluate_needs_a_run_folder(capsys, tmp_path):
     code, err = run_cli(capsys, "evaluate", "linear", "--run", str(tmp_path))
     assert code == 2 and "not a run folder" in err
+
+
+@pytest.mark.usefixtures("ray_session")
+def test_a_group_too_large_for_the_sessions_own_local_ray_is_refused_at_once(capsys, tmp_path):
+    """With this process's private Ray already running, its CPUs are the limit (not a wait of minutes)."""
+    code, err = run_cli(capsys, "pretrain", "--dataset", "digits", "--root", str(tmp_path), "--out",
+                        str(tmp_path / "run"), "--workers", "64")
+    assert code == 2 and "do not fit: this machine's Ray has" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "run").exists()

@@ -26,6 +26,9 @@ QUIET_RAY = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_TRAIN_ENABLE_PRINT_PATCH": "0"
              "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "300"}
 
 
+PRIVATE_RAY = False  # this process started a private local Ray (its CPUs are all there will be)
+
+
 def init_ray(address: str | None = None) -> None:
     """Join `address` (or $RAY_ADDRESS, as inside a submitted job), else start a private local Ray."""
     for k, v in QUIET_RAY.items():
@@ -48,6 +51,8 @@ def init_ray(address: str | None = None) -> None:
         # cleaner polls: without it, a run whose controller is killed (a trial stopped by a
         # scheduler) would keep its workers' resources.
         ray.init(address="local", include_dashboard=True, dashboard_host="127.0.0.1", runtime_env=runtime_env)
+        global PRIVATE_RAY
+        PRIVATE_RAY = True
 
 
 def check_run_folder(cfg: PretrainConfig, run: RunFolder | Path) -> bool:
@@ -106,13 +111,17 @@ def check_local_cpus(cfg: PretrainConfig, address: str | None) -> None:
     for workers that never come, so it is refused at once (a cluster may still grow: not checked)."""
     if address or os.environ.get("RAY_ADDRESS"):
         return
-    if "ray" in sys.modules and sys.modules["ray"].is_initialized():  # a Tune trial, or a session's own Ray
-        return
-    try:
-        from ray._private.utils import get_num_cpus
-        cpus = int(get_num_cpus())
-    except Exception:  # a Ray without it: the machine's count
-        cpus = os.cpu_count() or 1
+    ray = sys.modules.get("ray")
+    if ray is not None and ray.is_initialized():
+        if not PRIVATE_RAY:  # a Tune trial on a cluster, or a Ray someone else started: it may grow
+            return
+        cpus = int(ray.cluster_resources().get("CPU", 0))
+    else:
+        try:
+            from ray._private.utils import get_num_cpus
+            cpus = int(get_num_cpus())
+        except Exception:  # a Ray without it: the machine's count
+            cpus = os.cpu_count() or 1
     fewest = cfg.min_workers or cfg.workers
     if fewest * cfg.cpus_per_worker > cpus:
         most = max(1, cpus // cfg.cpus_per_worker)
