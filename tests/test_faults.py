@@ -26,8 +26,13 @@ def config(root, out, **kw):
     return make_config(**{**base, **kw})
 
 
+def logged(run_dir):
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
 def logged_epochs(run_dir):
-    return [json.loads(line)["epoch"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    """The epochs of metrics.jsonl's epoch lines (restart events are lines of their own)."""
+    return [m["epoch"] for m in logged(run_dir) if "event" not in m]
 
 
 def final_state(run_dir, epoch):
@@ -43,6 +48,8 @@ def test_worker_killed_mid_epoch_redoes_the_epoch(digits_root, tmp_path, monkeyp
     assert final_state(run_dir, 3)["epoch"] == 3
     # epoch 2 was interrupted before it was logged, redone from the epoch-1 checkpoint, logged once
     assert logged_epochs(run_dir) == [1, 2, 3]
+    (event,) = [m for m in logged(run_dir) if "event" in m]  # the restart, with the 3 steps it redid
+    assert (event["event"], event["epoch"], event["step"], event["steps_redone"]) == ("restart", 1, 0, 3)
     assert torch.load(run_dir / "backbone.pt", weights_only=True)["epoch"] == 3
 
 
@@ -55,6 +62,7 @@ def test_truncated_checkpoint_falls_back_to_the_previous_one(digits_root, tmp_pa
     assert result.metrics["epoch"] == 3
     # epoch 2 is redone from epoch 1's checkpoint; its first log line goes with the broken checkpoint
     assert logged_epochs(run_dir) == [1, 2, 3]
+    assert [m["steps_redone"] for m in logged(run_dir) if "event" in m] == [1437 // 64]  # all of epoch 2
     assert final_state(run_dir, 3)["epoch"] == 3
     # The redone epoch's checkpoint has a name of its own, so pruning the broken one (Ray keeps two)
     # did not delete it: the two newest good checkpoints are there.
