@@ -21,6 +21,13 @@ REPO = Path(__file__).resolve().parent.parent
 STEPS, CHECK = 1437 // 64, 4
 
 
+def memory_mb() -> int:
+    """This machine's memory: a node declaring more than it has would be drained by slurmctld."""
+    import psutil
+
+    return int(psutil.virtual_memory().total // 2**20)
+
+
 def start(command: list[str], log: Path) -> subprocess.Popen:
     return subprocess.Popen(command, stdout=log.open("w"), stderr=subprocess.STDOUT)
 
@@ -44,7 +51,7 @@ def slurm():
         f"StateSaveLocation={base}/state", f"SlurmdSpoolDir={base}/spool", f"SlurmctldPidFile={base}/ctld.pid",
         f"SlurmdPidFile={base}/d.pid", f"SlurmctldLogFile={base}/slurmctld.log", f"SlurmdLogFile={base}/slurmd.log",
         "SlurmctldPort=6917", "SlurmdPort=6918", "MpiDefault=none", "KillWait=10",
-        f"NodeName={host} CPUs={os.cpu_count()} RealMemory=8000 State=UNKNOWN",
+        f"NodeName={host} CPUs={os.cpu_count()} RealMemory={memory_mb() // 2} State=UNKNOWN",
         f"PartitionName=debug Nodes={host} Default=YES MaxTime=INFINITE State=UP", ""]))
     env = {**os.environ, "SLURM_CONF": str(conf)}
     daemons = []
