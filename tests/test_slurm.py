@@ -76,20 +76,27 @@ def slurm():
                 p.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 p.kill()
-        left = leftovers(base)
-        for pid in left:  # a job's Ray processes that escaped the process tracking
-            os.kill(pid, 9)
+        for pid in leftovers(base):  # a job's Ray processes that escaped the process tracking
+            try:
+                os.kill(pid, 9)
+            except ProcessLookupError:
+                pass
         shutil.rmtree(base, ignore_errors=True)
 
 
 def leftovers(base: Path) -> list[int]:
-    """Processes of the jobs (their Ray temp dirs, /tmp/rrdist-slurm-<id>) or of this SLURM."""
+    """Processes of this SLURM or of its jobs: named by their folders, or (Ray's processes retitle
+    themselves) carrying this SLURM's configuration in their environment, as every job process does."""
     import psutil
 
     found = []
     for p in psutil.process_iter(["pid", "cmdline"]):
         line = " ".join(p.info["cmdline"] or [])
-        if (str(base) in line or "/tmp/rrdist-slurm-" in line) and p.pid != os.getpid():
+        try:  # the raw bytes: a retitled process's environment block starts with its new title
+            ours = f"SLURM_CONF={base / 'slurm.conf'}\0".encode() in Path(f"/proc/{p.pid}/environ").read_bytes()
+        except OSError:
+            ours = False
+        if (str(base) in line or "/tmp/rrdist-slurm-" in line or ours) and p.pid != os.getpid():
             found.append(p.pid)
     return found
 
