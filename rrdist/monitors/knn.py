@@ -80,14 +80,14 @@ class KnnMonitor(Monitor):
         rank, workers = world()
         data = context.data
         self.prep = KViewAugment(data.image_size, data.mean, data.std)
-        self.loaders, self.bank_counts = [], []
+        self.loaders, counts = [], []
         for path, size, salt in ((data.labelled, settings.knn_bank, 0), (data.test, settings.knn_queries, 1)):
             chosen = subset(split_size(Path(path)), size, context.seed * 2 + salt)
-            counts = shares(len(chosen), workers)  # contiguous shares: the gathered bank is one process's
-            start = sum(counts[:rank])
-            self.bank_counts = self.bank_counts or counts
+            counts.append(shares(len(chosen), workers))  # contiguous shares: the gathered bank is one process's
+            start = sum(counts[-1][:rank])
             self.loaders.append(image_loader(path, 512, train=False, device=context.device, drop_last=False,
-                                             subset=chosen[start:start + counts[rank]]))
+                                             subset=chosen[start:start + counts[-1][rank]]))
+        self.bank_counts = counts[0]  # every worker's bank rows, for the gather
 
     def epoch_end(self, epoch: int) -> dict[str, float]:
         if epoch % self.settings.knn_every and epoch != self.context.epochs:

@@ -21,9 +21,8 @@ def quiet_ray_logs() -> None:
 def setup_worker_process() -> None:
     """Ray's worker_process_setup_hook: quiet logs, SIGTERM turned into a checkpoint-and-stop for
     training workers (rrdist.train.interruptions), and a quicker view of the cluster's nodes."""
-    from rrdist.train.interruptions import install_stop_handler
-
     from rrdist.train.elastic_view import fresh_node_view
+    from rrdist.train.interruptions import install_stop_handler
 
     quiet_ray_logs()
     install_stop_handler()
