@@ -9,11 +9,17 @@ Tune's own ASHA bracket (`ray.tune.schedulers.async_hyperband._Bracket`, the obj
 frees, and each epoch lasts its recorded `epoch_time_s` plus `--epoch-overhead` (monitor,
 checkpoint, report); a trial pays `--start-overhead` to start (Ray Train's worker group).
 
+Synchronous halving (`--scheduler hyperband`, rrdist's `scheduler: {hyperband: ...}`) replays
+through rrdist's own rule (`rrdist.tune.halving.plan`): its decisions do not depend on the order
+results arrive in. `--scheduler stock-hyperband` replays Ray Tune's `HyperBandScheduler` as shipped
+(max_t = epochs + 1, as for ASHA): its brackets, filled in launch order, and their halving.
+
 Printed per setting: trial-epochs spent (and the share of FIFO's), the trials run to the end, and
 whether FIFO's winner (by the sweep's final linear accuracy) is among them. Replays are
-predictions; `bench/asha_study.py` measures the chosen setting for real.
+predictions; `bench/asha_study.py` measures the chosen setting for real. SWEEP_DIR is a FIFO sweep
+folder, or a study's JSON (bench/results/asha_study_*.json: its FIFO curves).
 
-    python bench/asha_replay.py SWEEP_DIR [--grace 1 2] [--reduction 2 3 4] [--slots 2]
+    python bench/asha_replay.py SWEEP_DIR [--scheduler asha] [--grace 1 2] [--reduction 2 3 4] [--slots 2]
 """
 
 from __future__ import annotations
@@ -34,6 +40,69 @@ def load(sweep_dir: Path) -> list[dict]:
     launched = {name: int(folder.name.split("_")[3]) for folder in sweep_dir.glob("run_trial_*")
                 for name in by_name if f"_{name}_" in folder.name}
     return sorted(by_name.values(), key=lambda t: launched[t["trial"]])
+
+
+def load_study(path: Path, axes=("K", "gamma")) -> list[dict]:
+    """A study JSON's FIFO trials with their kNN curves, in the order Tune's grid launched them
+    (the last axis slowest: K=2/gamma 0, K=4/gamma 0, K=8/gamma 0, K=2/gamma 1, ...)."""
+    fifo = json.loads(path.read_text())["fifo"]
+    trials = []
+    for name, curve in fifo["knn_acc"].items():
+        values = dict(part.split("=") for part in name.split(","))
+        trials.append({"trial": name, "order": tuple(float(values[a]) for a in reversed(axes)),
+                       "epochs": [{"knn_acc": v / 100, "epoch_time_s": 0.0} for v in curve],
+                       "metrics": {"linear_acc": fifo["linear_acc"][name] / 100}})
+    return sorted(trials, key=lambda t: t["order"])
+
+
+def replay_halving(trials: list[dict], metric: str, mode: str, grace: int, reduction: float) -> dict:
+    """rrdist's synchronous halving: one bracket of every trial, judged at its rungs by `plan`."""
+    from rrdist.tune.halving import plan, rungs
+
+    epochs = max(len(t["epochs"]) for t in trials)
+    rung_epochs = rungs(grace, reduction, epochs)
+    values = {t["trial"]: {r: t["epochs"][r - 1][metric] for r in rung_epochs} for t in trials}
+    fates = plan({t["trial"]: t["trial"] for t in trials}, values, rung_epochs, reduction, mode)
+    spent = {name: epochs if f.state == "train" else f.rung for name, f in fates.items()}
+    return {"trial_epochs": sum(spent.values()), "rungs": rung_epochs,
+            "finished": [n for n, f in fates.items() if f.state == "train"], "epochs": spent}
+
+
+def replay_stock_hyperband(trials: list[dict], metric: str, mode: str, reduction: float) -> dict:
+    """Ray Tune's HyperBandScheduler as shipped: trials fill its brackets in launch order; each
+    bracket halves its own trials at its own milestones; a trial reaching max_t is stopped there."""
+    from ray.tune.schedulers import HyperBandScheduler
+
+    epochs = max(len(t["epochs"]) for t in trials)
+    scheduler = HyperBandScheduler(time_attr="epoch", metric=metric, mode=mode, max_t=epochs + 1,
+                                   reduction_factor=reduction)
+    class Fake:  # what the scheduler reads of a trial; hashable, as Tune's trials are
+        def __init__(self, trial_id):
+            self.trial_id, self.status = trial_id, "PAUSED"
+
+    fakes = {t["trial"]: Fake(t["trial"]) for t in trials}
+    for fake in fakes.values():
+        scheduler.on_trial_add(None, fake)
+    sign = 1.0 if mode == "max" else -1.0
+    spent = {}
+    for band in scheduler._hyperbands:
+        for bracket in (b for b in band if b is not None):
+            live = [t.trial_id for t in bracket.current_trials()]
+            while live:
+                milestone = min(int(bracket._cumul_r), epochs)
+                for name in live:
+                    spent[name] = milestone
+                    curve = next(t for t in trials if t["trial"] == name)["epochs"]
+                    bracket.update_trial_stats(fakes[name], {"epoch": milestone, metric: curve[milestone - 1][metric]})
+                if milestone >= epochs or bracket._halves == 0:
+                    break  # the last rung: these run to the end (or are stopped at max_t)
+                good, bad = bracket.successive_halving(metric, sign)
+                for t in bad:
+                    bracket.cleanup_trial(t)
+                live = [t.trial_id for t in good]
+    finished = [n for n, e in spent.items() if e >= epochs]
+    return {"trial_epochs": sum(spent.values()), "finished": finished, "epochs": spent,
+            "brackets": [[len(b._all_trials), b._r0] for band in scheduler._hyperbands for b in band if b is not None]}
 
 
 def replay(trials: list[dict], metric: str, mode: str, grace: int, reduction: float, slots: int,
@@ -75,6 +144,7 @@ def replay(trials: list[dict], metric: str, mode: str, grace: int, reduction: fl
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("sweep_dir")
+    parser.add_argument("--scheduler", default="asha", choices=["asha", "hyperband", "stock-hyperband"])
     parser.add_argument("--metric", default="knn_acc")
     parser.add_argument("--mode", default="max", choices=["max", "min"])
     parser.add_argument("--grace", type=int, nargs="+", default=[1, 2])
@@ -85,15 +155,21 @@ def main() -> None:
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
 
-    trials = load(Path(args.sweep_dir))
+    source = Path(args.sweep_dir)
+    trials = load_study(source) if source.suffix == ".json" else load(source)
     fifo = sum(len(t["epochs"]) for t in trials)
     winner = max(trials, key=lambda t: t["metrics"]["linear_acc"])["trial"]
     print(f"FIFO: {len(trials)} trials, {fifo} trial-epochs, winner {winner}")
     rows = []
     for grace in args.grace:
         for reduction in args.reduction:
-            r = replay(trials, args.metric, args.mode, grace, reduction, args.slots,
-                       args.start_overhead, args.epoch_overhead)
+            if args.scheduler == "hyperband":
+                r = replay_halving(trials, args.metric, args.mode, grace, reduction)
+            elif args.scheduler == "stock-hyperband":
+                r = replay_stock_hyperband(trials, args.metric, args.mode, reduction)
+            else:
+                r = replay(trials, args.metric, args.mode, grace, reduction, args.slots,
+                           args.start_overhead, args.epoch_overhead)
             r.update(grace=grace, reduction=reduction, share=round(r["trial_epochs"] / fifo, 3),
                      keeps_winner=winner in r["finished"])
             rows.append(r)
@@ -101,7 +177,8 @@ def main() -> None:
                   f"({100 * r['share']:.0f}% of FIFO), to the end: {', '.join(r['finished'])}; "
                   f"winner kept: {r['keeps_winner']}")
     if args.json:
-        Path(args.json).write_text(json.dumps({"fifo_trial_epochs": fifo, "winner": winner, "replays": rows},
+        Path(args.json).write_text(json.dumps({"scheduler": args.scheduler, "fifo_trial_epochs": fifo, "winner": winner,
+                                               "replays": rows},
                                               indent=1) + "\n")
 
 

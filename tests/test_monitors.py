@@ -65,7 +65,7 @@ def space(**scheduler):
 
 def test_the_scheduler_metrics_come_from_the_registries(registered_toy):
     assert "images_seen" in epoch_metric_names() and "knn_acc" in epoch_metric_names()
-    assert parse(space(), source="toy.yaml").scheduler["metric"] == "images_seen"
+    assert parse(space(), source="toy.yaml").scheduler_settings["metric"] == "images_seen"
 
 
 def test_an_unregistered_monitors_figure_and_settings_are_refused():

@@ -83,7 +83,7 @@ def test_bad_space_files_give_one_line(tmp_path, capsys):
         "axes: {lr: {loguniform: [0.1, 0.01]}}\n": "'axes.lr.loguniform' must be [low, high]",
         "fixed: {out: x}\n": "'fixed.out' is set by the sweep itself",
         "seeds: 0\n": "'seeds' must be a count",
-        "scheduler: {hyperband: {}}\n": "'scheduler' must be fifo",
+        "scheduler: {bohb: {}}\n": "'scheduler' must be fifo, {asha: {...}} or {hyperband: {...}}",
         "evaluations: [linear, knn]\n": "'evaluations.knn' is not an evaluation",
         "trial: {gpus: 1}\n": "'trial.gpus' is not a trial setting",
         "axes: [K]\n": "'axes' must be a mapping",
@@ -148,9 +148,9 @@ def test_report_tells_completed_stopped_and_interrupted_trials_apart(tmp_path):
     status = {line.split(" | ")[0]: line.split(" | ")[-1] for line in write_report(sweep_dir).splitlines()
               if line.startswith("| ") and line[2].isdigit()}
     assert status["| 2"] == "done |"
-    assert status["| 3"] == "stopped early (ASHA): seed 1 at epoch 1 |"
+    assert status["| 3"] == "stopped early (asha): seed 1 at epoch 1 (loss 0.7) |"
     assert status["| 4"].startswith("interrupted: seed 0 at epoch 2; seed 1 before its first epoch (")
-    assert "--resume" in status["| 4"] and "ASHA" not in status["| 4"]
+    assert "--resume" in status["| 4"] and "asha" not in status["| 4"]
     with open(sweep_dir / "results.csv") as f:
         counts = {row["K"]: (row["seeds_done"], row["stopped"], row["interrupted"], row["failed"])
                   for row in csv.DictReader(f)}
@@ -284,7 +284,7 @@ def test_interrupted_sweep_reads_interrupted_and_resume_completes_it(tmp_path, d
     assert cut["status"] == "interrupted" and (cut["epoch"] is None or 1 <= cut["epoch"] < epochs), cut
     where = "before its first epoch" if cut["epoch"] is None else f"at epoch {cut['epoch']}"
     table = (sweep_dir / "results.md").read_text()
-    assert f"interrupted: seed 0 {where}" in table and "--resume" in table and "ASHA" not in table, table
+    assert f"interrupted: seed 0 {where}" in table and "--resume" in table and "asha" not in table, table
     with open(sweep_dir / "results.csv") as f:
         (row,) = csv.DictReader(f)
     assert (row["seeds_done"], row["stopped"], row["interrupted"], row["failed"]) == ("0", "0", "1", "0")

@@ -75,6 +75,15 @@ def asha(**settings):
     return {"asha": {"metric": "loss", **settings}}
 
 
+def hyperband(**settings):
+    return {"hyperband": {"metric": "loss", **settings}}
+
+
+def long_fixed(world, **more):
+    """The good space's settings, trained long enough for a rung (3 epochs)."""
+    return {**world["space"]["fixed"], "epochs": 3, **more}
+
+
 # (name, argv from the world, a fragment the one line must hold)
 CASES = [
     # pretraining: paths, values, settings files
@@ -131,6 +140,32 @@ CASES = [
      "must be a per-epoch metric"),
     ("unknown ASHA key", lambda w: ["sweep", space_file(w, scheduler={"asha": {"patience": 3}})], "not an ASHA setting"),
     ("ASHA not a mapping", lambda w: ["sweep", space_file(w, scheduler={"asha": 5})], "must be a mapping"),
+    ("ASHA rung past the epochs", lambda w: ["sweep", space_file(w, scheduler=asha(grace_period=1))],
+     "not before the last epoch (1)"),
+    ("unknown scheduler", lambda w: ["sweep", space_file(w, scheduler={"bohb": {}})], "fifo, {asha: {...}} or {hyperband"),
+    ("hyperband unknown key", lambda w: ["sweep", space_file(w, fixed=long_fixed(w), scheduler={"hyperband": {"brackets": 2}})],
+     "'scheduler.hyperband.brackets' is not a hyperband setting"),
+    ("hyperband grace a word", lambda w: ["sweep", space_file(w, fixed=long_fixed(w), scheduler=hyperband(grace_period="five"))],
+     "must be an int"),
+    ("hyperband reduction below 2", lambda w: ["sweep", space_file(w, fixed=long_fixed(w), scheduler=hyperband(reduction_factor=1.5))],
+     "at least 2"),
+    ("hyperband reduction infinite", lambda w: ["sweep", space_file(w, fixed=long_fixed(w), scheduler=hyperband(reduction_factor=float("inf")))],
+     "must be a finite number"),
+    ("hyperband mode wrong", lambda w: ["sweep", space_file(w, fixed=long_fixed(w), scheduler=hyperband(mode="up"))],
+     "must be min or max"),
+    ("hyperband judge wrong", lambda w: ["sweep", space_file(w, fixed=long_fixed(w), scheduler=hyperband(judge="seeds"))],
+     "must be point or trial"),
+    ("hyperband metric unknown", lambda w: ["sweep", space_file(w, fixed=long_fixed(w), scheduler=hyperband(metric="top5"))],
+     "must be a per-epoch metric"),
+    ("hyperband metric no trial reports", lambda w: ["sweep", space_file(w, fixed=long_fixed(w), scheduler=hyperband(metric="knn_acc"))],
+     "knn_acc is not reported by the trials"),
+    ("hyperband rung past the epochs", lambda w: ["sweep", space_file(w, fixed=long_fixed(w), scheduler=hyperband(grace_period=3))],
+     "not before the last epoch (3)"),
+    ("hyperband with its own checkpoints", lambda w: ["sweep", space_file(w, fixed=long_fixed(w, checkpoint_every=2), scheduler=hyperband())],
+     "is set by hyperband"),
+    ("hyperband over several lengths", lambda w: ["sweep", space_file(w, fixed={"dataset": "digits", "batch_size": 64},
+                                                                       axes={"epochs": {"grid": [3, 4]}}, scheduler=hyperband())],
+     "needs one length for every trial"),
     ("trial not a mapping", lambda w: ["sweep", space_file(w, trial=[1, 2])], "must be a mapping"),
     ("trial workers zero", lambda w: ["sweep", space_file(w, trial={"workers": 0})], "at least 1"),
     ("trial workers backwards", lambda w: ["sweep", space_file(w, trial={"workers": "3-1"})], "1 <= MIN <= MAX"),

@@ -8,7 +8,7 @@ Production runs have none. They are set by the environment of the process that s
   batch system or a node being reclaimed (the same marker file);
 - RRDIST_TRACE=FOLDER: every worker writes, per epoch, each step's loss (its share of the global
   loss), image indices, per-image view sums and the worker count to FOLDER/epoch{E}-rank{R}.json
-  (syncs with the device).
+  (syncs with the device); "{run}" in FOLDER stands for the run folder's name (a sweep's trials).
 """
 
 from __future__ import annotations

@@ -85,6 +85,18 @@ class Interruptions:
         self.epoch = 0  # the epoch in progress (from 0), set by the worker loop
         self.stop_file = stop_file
 
+    def stop_at_epoch_start(self) -> None:
+        """Between epochs, after the last one's checkpoint: the stop file ends the run here (epochs
+        shorter than `check_every` steps have no check inside them)."""
+        ended = self.rank == 0 and stop_requested(self.stop_file)
+        if self.world > 1:
+            flag = torch.tensor([float(ended)], device=self.device)
+            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+            ended = bool(flag.item())
+        if ended:
+            raise Stopped(f"stopped before epoch {self.epoch + 1} (the stop file {self.stop_file} exists): the "
+                          f"checkpoint of the epoch before is saved; run the same command again to continue")
+
     def saved(self) -> None:
         """A checkpoint was written (also at an epoch's end): the interval counts from now."""
         self.last = time.monotonic()

@@ -52,9 +52,13 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     announce(cfg, method, start, training.start_step, rank)
     worker.log_restart()
     WATCHING.set()  # SIGTERM now asks for a checkpoint and a stop
+    saved = True  # the run starts from its checkpoint (or from nothing)
     for epoch in range(start, cfg.epochs if method.trainable else 0):
         first = training.start_step if epoch == start else 0
         try:
+            if saved and worker.interruptions.stop_file:
+                worker.interruptions.epoch = epoch
+                worker.interruptions.stop_at_epoch_start()
             metrics = worker.train(epoch, first, training.sums if first else None)
         except Stopped as e:  # the whole run ends here (a batch job's allocation): no restart
             worker.close()
@@ -68,6 +72,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         report(metrics, worker.state(epoch + 1) if due else None, rank, checkpoint_name(epoch + 1, worker.taken))
         if due:
             worker.interruptions.saved()
+        saved = due
     WATCHING.clear()
     worker.log.close()
     worker.close()

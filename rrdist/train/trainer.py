@@ -42,6 +42,9 @@ def init_ray(address: str | None = None) -> None:
     if ray.is_initialized():
         return
     runtime_env = {"worker_process_setup_hook": "rrdist.train.logs.setup_worker_process"}
+    hooks = {k: os.environ[k] for k in ("RRDIST_TRACE",) if os.environ.get(k)}
+    if hooks:  # a test hook set for this job reaches the processes that start its runs (sweep trials)
+        runtime_env["env_vars"] = hooks
     if address:
         ray.init(address=address, runtime_env=runtime_env)
     elif os.environ.get("RAY_ADDRESS"):
@@ -81,8 +84,10 @@ class PretrainResult:
     resumed: bool
 
 
-def pretrain(cfg: PretrainConfig, address: str | None = None, log=print, callbacks: list | None = None) -> PretrainResult:
-    """Fit one pretraining run; `callbacks` are Ray Train callbacks (a Tune trial passes TuneReportCallback)."""
+def pretrain(cfg: PretrainConfig, address: str | None = None, log=print, callbacks: list | None = None,
+             stop_file: str | None = None) -> PretrainResult:
+    """Fit one pretraining run; `callbacks` are Ray Train callbacks (a Tune trial passes TuneReportCallback);
+    `stop_file`: once it exists the workers checkpoint and end the run (default: $RRDIST_STOP_FILE)."""
     cfg.validate()
     if not is_uri(cfg.out):
         check_folder(cfg.out, "--out")
@@ -94,7 +99,7 @@ def pretrain(cfg: PretrainConfig, address: str | None = None, log=print, callbac
     run.write_text("config.yaml", cfg.to_yaml())
     run.delete(FAILURE_FILE)
     init_ray(address)
-    trainer = build_trainer(cfg, run, data, callbacks or [])
+    trainer = build_trainer(cfg, run, data, callbacks or [], stop_file)
     own = ", ".join(f"{k}={v}" for k, v in dataclasses.asdict(cfg.settings).items())
     workers = f"{cfg.min_workers}-{cfg.workers}" if cfg.min_workers else str(cfg.workers)
     log(f"pretraining {cfg.method}/{cfg.backbone} on {cfg.dataset} ({own}), {workers} worker(s) -> {run}")
@@ -153,7 +158,7 @@ def worker_data(cfg: PretrainConfig, log=print) -> WorkerData:
     return data
 
 
-def build_trainer(cfg: PretrainConfig, run: RunFolder, data: WorkerData, callbacks: list):
+def build_trainer(cfg: PretrainConfig, run: RunFolder, data: WorkerData, callbacks: list, stop_file: str | None = None):
     """The TorchTrainer of a run: its workers, their resources, checkpoints kept and restarts allowed."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
@@ -164,8 +169,9 @@ def build_trainer(cfg: PretrainConfig, run: RunFolder, data: WorkerData, callbac
     loop_config = {
         "config": cfg, "run": run.location, "data": data, "monitors": dict(MONITORS),
         "fault": os.environ.get("RRDIST_FAULT"),  # test hooks: a failure to inject,
-        "trace": os.environ.get("RRDIST_TRACE"),  # and a folder for every worker's per-step losses
-        "stop_file": os.environ.get("RRDIST_STOP_FILE"),  # a batch job's request to checkpoint and end
+        # and a folder for every worker's per-step losses ("{run}" in it: the run folder's name)
+        "trace": os.environ.get("RRDIST_TRACE", "").replace("{run}", run.location.rstrip("/").rsplit("/", 1)[-1]) or None,
+        "stop_file": stop_file or os.environ.get("RRDIST_STOP_FILE"),  # a request to checkpoint and end
     }
     gpus = {"GPU": cfg.gpus_per_worker} if cfg.use_gpu else {}
     return TorchTrainer(

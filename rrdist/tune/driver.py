@@ -10,6 +10,7 @@ import yaml
 from rrdist.errors import ConfigError
 from rrdist.storage import RunFolder, join, shown
 from rrdist.tune.records import read_record, read_sweep, sweep_trial, write_record
+from rrdist.tune.halving import LEDGER, read_ledger
 from rrdist.tune.space import EVALUATIONS, SweepSpec, epoch_metric_names, has_random_axes, load, param_space
 from rrdist.tune.trial import SweepContext, run_trial
 
@@ -42,33 +43,55 @@ def _summary_callback():
     return TrialSummary()
 
 
-def _scheduler(spec: SweepSpec):
+def _scheduler(spec: SweepSpec, sweep_dir: str):
     if not spec.scheduler:
         return None
+    s = spec.scheduler_settings
+    epochs = spec.trial_config(spec.grid_points()[0], spec.seeds[0], "data", "x").epochs
+    if spec.scheduler_kind == "hyperband":
+        from rrdist.tune.halving_scheduler import SynchronousHalving
+
+        return SynchronousHalving(metric=s["metric"], mode=s["mode"], grace_period=s["grace_period"],
+                                  reduction_factor=s["reduction_factor"], epochs=epochs, judge=s["judge"],
+                                  axes=list(spec.axes), random_axes=has_random_axes(spec),
+                                  expected=spec.trial_count(), slots=trial_slots(spec), sweep_dir=sweep_dir)
     from ray.tune.schedulers import ASHAScheduler
 
-    s = spec.scheduler
     # max_t one past the last epoch: ASHA stops a trial on reaching max_t, which would cut off
     # a full-length trial before its evaluations.
-    return ASHAScheduler(time_attr="epoch", metric=s["metric"], mode=s["mode"],
-                         max_t=int(spec.fixed.get("epochs", 200)) + 1, grace_period=s["grace_period"],
-                         reduction_factor=s["reduction_factor"])
+    return ASHAScheduler(time_attr="epoch", metric=s["metric"], mode=s["mode"], max_t=epochs + 1,
+                         grace_period=s["grace_period"], reduction_factor=s["reduction_factor"])
+
+
+def trial_slots(spec: SweepSpec) -> int:
+    """How many trials run at once: the space's concurrency, or (0) as many as the cluster's CPUs
+    and GPUs hold at the trials' size."""
+    if spec.concurrency:
+        return spec.concurrency
+    import ray
+
+    total = ray.cluster_resources()
+    workers = int(spec.trial.get("workers", 1))
+    need = {"CPU": workers * int(spec.trial.get("cpus_per_worker", 1)),
+            "GPU": workers * float(spec.trial.get("gpus_per_worker", 0) or 0)}
+    return max(1, min(int(total.get(k, 0) // v) for k, v in need.items() if v > 0))
 
 
 def _datasets(spec: SweepSpec) -> list[str]:
     return sorted({spec.trial_config(point, 0, "data", "x").dataset for point in spec.grid_points()})
 
 
-def _ending(result, spec: SweepSpec) -> dict[str, Any]:
-    """How Tune ended a trial that could not record it itself."""
+def _ending(result, spec: SweepSpec, halved: dict[str, Any] | None = None) -> dict[str, Any]:
+    """How Tune ended a trial that could not record it itself (HALVED: its stop by synchronous
+    halving, from halving.yaml, if it was stopped so)."""
     if result.error is not None:
         text = str(result.error).strip().splitlines()
         return {"status": "failed", "error": text[-1] if text else type(result.error).__name__}
     metrics = result.metrics or {}
     # Tune marks the last result "done" when it ends a trial itself (here: the scheduler stopped
     # it), not when an interruption (Ctrl-C) cuts it off; those continue on resume.
-    status = "stopped" if spec.scheduler and metrics.get("done") else "interrupted"
-    return {"status": status, "epoch": metrics.get("epoch"),
+    status = "stopped" if spec.scheduler and (metrics.get("done") or halved) else "interrupted"
+    return {"status": status, "epoch": halved["rung"] if halved else metrics.get("epoch"),
             "metrics": {k: v for k, v in metrics.items() if k in ("epoch", "views_per_s", *epoch_metric_names())}}
 
 
@@ -76,12 +99,13 @@ def _record_unfinished(sweep_dir: str, spec: SweepSpec, results, root: str, data
     """Records for the trials Tune ended before they could write their own: failed, stopped by the
     scheduler, or interrupted; returns the names of the interrupted ones."""
     interrupted = []
+    stops = stopped_by_halving(sweep_dir)
     for result in results:
         params, trial_id = result.config or {}, (result.metrics or {}).get("trial_id")
         if "seed" not in params or (has_random_axes(spec) and trial_id is None):
             continue  # not a trial of this sweep, or a random draw that never started (it has no name)
         trial = sweep_trial(spec, params, trial_id, sweep_dir, root, data_uri)
-        ending = _ending(result, spec)
+        ending = _ending(result, spec, stops.get(trial.name))
         own = (read_record(trial.run_dir) or {}).get("status")
         if own == "completed" or (own == "failed" and ending["status"] == "failed"):
             continue  # the trial wrote its own record (with its own error message)
@@ -89,6 +113,12 @@ def _record_unfinished(sweep_dir: str, spec: SweepSpec, results, root: str, data
         if ending["status"] == "interrupted":
             interrupted.append(trial.name)
     return interrupted
+
+
+def stopped_by_halving(sweep_dir: str) -> dict[str, dict[str, Any]]:
+    """Trial name -> its "stopped" event in the sweep's halving.yaml ({} without one)."""
+    events = read_ledger(RunFolder(sweep_dir).read_text(LEDGER))["events"]
+    return {e["trial"]: e for e in events if e["event"] == "stopped"}
 
 
 def run_sweep(space: str | Path, root: str, out: str | Path = "runs/sweeps", address: str | None = None,
@@ -107,10 +137,10 @@ def run_sweep(space: str | Path, root: str, out: str | Path = "runs/sweeps", add
     root = str(Path(root).expanduser().resolve())
     sweep = {"spec": spec.to_dict(), "root": root}
     check_sweep_folder(folder, sweep, resume)
-    scheduler = _scheduler(spec)  # built (and so checked) before anything is written
     prepare_data(spec, root, data_uri, log)
     folder.write_text("sweep.yaml", yaml.safe_dump(sweep, sort_keys=False))
     init_ray(address)
+    scheduler = _scheduler(spec, sweep_dir)
     context = SweepContext(spec.to_dict(), sweep_dir, root, data_uri)
     results = build_tuner(spec, scheduler, folder, RunFolder(out), context, log).fit()
     interrupted = _record_unfinished(sweep_dir, spec, results, root, data_uri)
@@ -161,11 +191,15 @@ def build_tuner(spec: SweepSpec, scheduler, folder: RunFolder, parent: RunFolder
         return tune.Tuner.restore(folder.path, trainable=trainable, resume_unfinished=True, resume_errored=True,
                                   **tune_fs)
     log(f"sweep {spec.name}: {spec.trial_count()} trials -> {folder}")
+    # Synchronous halving holds every trial at once (paused ones count as live for Tune's limit) and
+    # starts them itself, `concurrency` at a time. A pause must end the trial's process, and with it
+    # its Train run: a reused process would keep training while it waits for the next trial.
+    halving = spec.scheduler_kind == "hyperband"
     return tune.Tuner(
         trainable, param_space=param_space(spec),
         # reuse_actors: a trial's driver process (its imports, FFCV's compiled code for the evaluations'
         # loaders) serves the next trial: about 10 s less per trial.
-        tune_config=tune.TuneConfig(num_samples=spec.samples, max_concurrent_trials=spec.concurrency or None,
-                                    scheduler=scheduler, reuse_actors=True),
+        tune_config=tune.TuneConfig(num_samples=spec.samples, scheduler=scheduler, reuse_actors=not halving,
+                                    max_concurrent_trials=None if halving else spec.concurrency or None),
         run_config=tune.RunConfig(name=spec.name, **parent.ray_storage(), callbacks=[_summary_callback()],
                                   failure_config=tune.FailureConfig(max_failures=0)))

@@ -21,6 +21,7 @@ import numpy as np
 from rrdist.errors import DataError
 from rrdist.storage import RunFolder
 from rrdist.tune.figures import write_figures
+from rrdist.tune.halving import LEDGER, read_ledger
 from rrdist.tune.records import RECORD, parse_record, read_sweep
 
 COUNTS = ("stopped", "interrupted", "failed")  # results.csv: trials of a point that did not complete
@@ -64,14 +65,24 @@ def _paper(evaluation: str, config: dict[str, Any]) -> tuple[float, float, str] 
     return METHODS[cfg.method].paper_accuracy(cfg, cfg.dataset)
 
 
-def _where(trial: dict[str, Any]) -> str:
+def _where(trial: dict[str, Any], metric: str | None = None) -> str:
+    """`seed 1 at epoch 4 (knn_acc 0.4015)`: where it ended, with the scheduler's figure there."""
     epoch = trial.get("epoch")
-    return f"seed {trial['seed']} " + ("before its first epoch" if epoch is None else f"at epoch {epoch}")
+    where = f"seed {trial['seed']} " + ("before its first epoch" if epoch is None else f"at epoch {epoch}")
+    value = (trial.get("metrics") or {}).get(metric) if metric else None
+    return where + (f" ({metric} {value:.4g})" if isinstance(value, (int, float)) else "")
+
+
+def scheduler_of(sweep: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """The sweep's scheduler kind (fifo, asha, hyperband) and settings."""
+    scheduler = sweep["spec"].get("scheduler", "fifo")
+    return next(iter(scheduler.items())) if isinstance(scheduler, dict) else ("fifo", {})
 
 
 def summarize(sweep: dict[str, Any], trials: list[dict[str, Any]]) -> list[dict[str, Any]]:
     axes = list(sweep["spec"]["axes"])
     evaluations = list(sweep["spec"]["evaluations"])
+    metric = scheduler_of(sweep)[1].get("metric")
     groups: dict[tuple, list[dict[str, Any]]] = {}
     for t in trials:
         groups.setdefault(tuple(json.dumps(t["axes"].get(a)) for a in axes), []).append(t)
@@ -80,7 +91,7 @@ def summarize(sweep: dict[str, Any], trials: list[dict[str, Any]]) -> list[dict[
         done = [t for t in members if t["status"] == "completed"]
         row: dict[str, Any] = {a: members[0]["axes"].get(a) for a in axes}
         row["seeds_done"] = len(done)
-        row["stopped"] = [_where(t) for t in members if t["status"] == "stopped"]  # by the scheduler
+        row["stopped"] = [_where(t, metric) for t in members if t["status"] == "stopped"]  # by the scheduler
         row["interrupted"] = [_where(t) for t in members if t["status"] == "interrupted"]
         row["failed"] = [t for t in members if t["status"] == "failed"]
         for evaluation in evaluations:
@@ -97,7 +108,8 @@ def _cell(value: tuple[float, float] | None, digits: int = 2) -> str:
     return "—" if value is None else f"{value[0]:.{digits}f} ± {value[1]:.{digits}f}"
 
 
-def render(sweep: dict[str, Any], rows: list[dict[str, Any]], trials: list[dict[str, Any]]) -> str:
+def render(sweep: dict[str, Any], rows: list[dict[str, Any]], trials: list[dict[str, Any]],
+           ledger: dict[str, Any] | None = None) -> str:
     spec = sweep["spec"]
     axes, evaluations = list(spec["axes"]), list(spec["evaluations"])
     fixed = ", ".join(f"{k}={v}" for k, v in spec["fixed"].items())
@@ -113,7 +125,7 @@ def render(sweep: dict[str, Any], rows: list[dict[str, Any]], trials: list[dict[
             cells += [_cell(row[e]), "—" if paper is None else f"{paper[0]:.2f} ± {paper[1]:.2f} ({paper[2]})"]
         status = []
         if row["stopped"]:
-            status.append("stopped early (ASHA): " + "; ".join(row["stopped"]))
+            status.append(f"stopped early ({scheduler_of(sweep)[0]}): " + "; ".join(row["stopped"]))
         if row["interrupted"]:
             status.append("interrupted: " + "; ".join(row["interrupted"]) + " (rrdist sweep --resume continues)")
         if row["failed"]:
@@ -125,10 +137,69 @@ def render(sweep: dict[str, Any], rows: list[dict[str, Any]], trials: list[dict[
         best = max(scored, key=lambda r: r[evaluations[0]][0])
         setting = ", ".join(f"{a}={best[a]}" for a in axes) or "the only point"
         lines += ["", f"**Best** ({evaluations[0]}): {setting}: {_cell(best[evaluations[0]])}%"]
+    if ledger and ledger["events"]:
+        lines += ["", *render_fates(ledger, trials)]
     failed = [t for t in trials if t["status"] == "failed"]
     if failed:
         lines += ["", "## Failed trials", ""] + [f"- `{t['trial']}`: {t.get('error', 'unknown error')}" for t in failed]
     return "\n".join(lines) + "\n"
+
+
+def fate_lines(ledger: dict[str, Any], trials: list[dict[str, Any]]) -> dict[str, str]:
+    """Each trial's path through the rungs, in words: `paused at epoch 1; resumed; completed`."""
+    metric = ledger.get("metric", "metric")
+    words: dict[str, list[str]] = {}
+    for e in ledger["events"]:
+        value = e.get(metric)
+        figure = f" ({metric} {value:.4g})" if isinstance(value, (int, float)) else ""
+        words.setdefault(e["trial"], []).append(
+            {"paused": f"paused at epoch {e.get('epoch')}", "resumed": "resumed",
+             "stopped": f"stopped at epoch {e.get('rung')}{figure}",
+             "completed": "completed"}.get(e["event"], e["event"]))
+    status = {t["trial"]: t["status"] for t in trials}
+    ending = {"completed": "completed", "interrupted": "interrupted: `rrdist sweep --resume` continues",
+              "failed": "failed", "stopped": "stopped", None: "not started"}
+    out = {}
+    for name in sorted(set(words) | set(status)):
+        path = words.get(name, [])
+        if not (path and (path[-1] == "completed" or path[-1].startswith("stopped"))):
+            path = path + [ending.get(status.get(name), str(status.get(name)))]
+        out[name] = "; ".join(path)
+    return out
+
+
+def render_fates(ledger: dict[str, Any], trials: list[dict[str, Any]]) -> list[str]:
+    rungs, metric = ledger.get("rungs", []), ledger.get("metric", "metric")
+    judged = "a point by the mean of its seeds" if ledger.get("judge") == "point" else "each trial alone"
+    head = ["trial", *[f"{metric} at epoch {r}" for r in rungs], "fate"]
+    lines = ["## Trial fates (synchronous halving)", "",
+             f"Rungs at epochs {', '.join(map(str, rungs))}; at each, {judged} is ranked on {metric} "
+             f"({ledger.get('mode')}) and the best 1/{ledger.get('reduction_factor'):g} go on.", "",
+             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name, fate in fate_lines(ledger, trials).items():
+        values = ledger["values"].get(name, {})
+        cells = [f"{values[r]:.4g}" if r in values else "—" for r in rungs]
+        lines.append("| " + " | ".join([f"`{name}`", *cells, fate]) + " |")
+    return lines
+
+
+def write_fates(folder: RunFolder, ledger: dict[str, Any], trials: list[dict[str, Any]]) -> None:
+    """TensorBoard `fates/`: one run per trial, its fate as text and its rung values as scalars."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    folder.local.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".fates-", dir=folder.local))
+    metric = ledger.get("metric", "metric")
+    for name, fate in fate_lines(ledger, trials).items():
+        with SummaryWriter(str(tmp / name)) as writer:
+            writer.add_text("fate", fate, 0)
+            for epoch, value in sorted(ledger["values"].get(name, {}).items()):
+                writer.add_scalar(f"rung/{metric}", value, epoch)
+    target = folder.local / "fates"
+    if target.exists():
+        shutil.rmtree(target)
+    tmp.rename(target)
+    folder.replace_folder("fates")
 
 
 def _csv(rows: list[dict[str, Any]], columns: list[str]) -> str:
@@ -164,7 +235,9 @@ def write_report(sweep_dir: str | Path) -> str:
     folder = RunFolder(sweep_dir)
     sweep, trials = load_sweep(folder)
     rows = summarize(sweep, trials)
-    text = render(sweep, rows, trials)
+    ledger_text = folder.read_text(LEDGER)
+    ledger = read_ledger(ledger_text) if ledger_text else None
+    text = render(sweep, rows, trials, ledger)
     folder.write_text("results.md", text)
     axes, evaluations = list(sweep["spec"]["axes"]), list(sweep["spec"]["evaluations"])
     flat = []
@@ -185,5 +258,7 @@ def write_report(sweep_dir: str | Path) -> str:
     metric_cols = sorted({k for t in trials for k in (t.get("metrics") or {})})
     folder.write_text("trials.csv", _csv(per_trial, ["trial", *axes, "seed", "status", *metric_cols, "error"]))
     write_hparams(folder, axes, trials)
+    if ledger:
+        write_fates(folder, ledger, trials)
     write_figures(folder, axes, evaluations, rows)
     return text

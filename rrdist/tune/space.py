@@ -12,6 +12,7 @@ samples: 1                     # draws of the random axes (choice / uniform / lo
 trial: {workers: 1, cpus_per_worker: 1, gpus_per_worker: 0}   # per trial (workers: MIN-MAX: elastic)
 concurrency: 2                 # trials at once (0: as many as the cluster fits)
 scheduler: fifo                # or {asha: {metric: loss, mode: min, grace_period: 5, reduction_factor: 2}}
+                               # or {hyperband: {metric: knn_acc, mode: max, grace_period: 1, reduction_factor: 4}}
 evaluations: {linear: {epochs: 100}, linear_random: {epochs: 100}}   # also finetune: {epochs}, retrieval: {per_class}
 per_method:                    # settings of one method's trials (over 'fixed'), e.g. its paper batch size
   simclr: {batch_size: 128}
@@ -30,7 +31,8 @@ from typing import Any
 from rrdist.config import PretrainConfig, convert, read_yaml, worker_range
 from rrdist.errors import ConfigError
 from rrdist.methods import METHODS, all_keys, config_from_dict, default_method, setting_owners
-from rrdist.monitors import figure_names
+from rrdist.monitors import MONITORS, figure_names
+from rrdist.tune import halving
 
 TOP_KEYS = ("name", "fixed", "axes", "seeds", "samples", "trial", "concurrency", "scheduler", "evaluations",
             "per_method")
@@ -47,6 +49,8 @@ EVAL_KEYS = {"linear": _LINEAR_KEYS, "linear_random": _LINEAR_KEYS, "finetune": 
 DEFAULT_EVALUATIONS = {"linear": {}}
 ASHA_KEYS = {"metric": "str", "mode": "str", "grace_period": "int", "reduction_factor": "float"}
 DEFAULT_ASHA = {"metric": "loss", "mode": "min", "grace_period": 1, "reduction_factor": 2.0}
+SCHEDULERS = {"asha": (ASHA_KEYS, DEFAULT_ASHA, "an ASHA setting"),
+              "hyperband": (halving.KEYS, halving.DEFAULTS, "a hyperband setting")}
 
 
 @dataclass
@@ -58,7 +62,7 @@ class SweepSpec:
     samples: int = 1
     trial: dict[str, Any] = field(default_factory=lambda: dict(DEFAULT_TRIAL))
     concurrency: int = 0
-    scheduler: dict[str, Any] | None = None  # None: FIFO; else ASHA settings
+    scheduler: dict[str, dict[str, Any]] | None = None  # None: FIFO; else {asha|hyperband: settings}
     evaluations: dict[str, dict[str, Any]] = field(default_factory=lambda: dict(DEFAULT_EVALUATIONS))
     per_method: dict[str, dict[str, Any]] = field(default_factory=dict)
     source: str = "space"
@@ -66,8 +70,16 @@ class SweepSpec:
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "fixed": self.fixed, "axes": self.axes, "seeds": self.seeds,
                 "samples": self.samples, "trial": self.trial, "concurrency": self.concurrency,
-                "scheduler": {"asha": self.scheduler} if self.scheduler else "fifo",
+                "scheduler": self.scheduler or "fifo",
                 "evaluations": self.evaluations, "per_method": self.per_method}
+
+    @property
+    def scheduler_kind(self) -> str:
+        return next(iter(self.scheduler)) if self.scheduler else "fifo"
+
+    @property
+    def scheduler_settings(self) -> dict[str, Any]:
+        return next(iter(self.scheduler.values())) if self.scheduler else {}
 
     def settings(self, values: dict[str, Any]) -> dict[str, Any]:
         """A point's settings: axis values, with each `points` axis's bundle spread out."""
@@ -93,6 +105,8 @@ class SweepSpec:
         for key in ("loader_workers", "min_workers"):
             if key in self.trial:
                 data[key] = self.trial[key]
+        if self.scheduler_kind == "hyperband":
+            data["checkpoint_every"] = 1  # a paused trial resumes from the checkpoint of its rung's epoch
         return config_from_dict(data, source=self.source)
 
     def grid_points(self) -> list[dict[str, Any]]:
@@ -270,20 +284,28 @@ def read_trial(raw: Any, source: str) -> dict[str, Any]:
     return trial
 
 
-def read_scheduler(raw: Any, source: str) -> dict[str, Any] | None:
-    """None for FIFO; else the ASHA settings, checked against what trials report."""
+def read_scheduler(raw: Any, source: str) -> dict[str, dict[str, Any]] | None:
+    """None for FIFO; else {asha|hyperband: settings}, checked here; check_points checks them
+    against what each point's trials report and how long they train."""
     if raw == "fifo":
         return None
-    if not (isinstance(raw, dict) and set(raw) == {"asha"}):
-        _fail(source, "scheduler", "must be fifo or {asha: {...}}")
-    scheduler = {**DEFAULT_ASHA, **typed_block(raw["asha"], ASHA_KEYS, source, "scheduler.asha", "an ASHA setting")}
-    if scheduler["mode"] not in ("min", "max"):
-        _fail(source, "scheduler.asha.mode", "must be min or max")
-    at_least(source, "scheduler.asha", scheduler, {"grace_period": 1, "reduction_factor": 2})
+    if not (isinstance(raw, dict) and len(raw) == 1 and next(iter(raw)) in SCHEDULERS):
+        _fail(source, "scheduler", "must be fifo, {asha: {...}} or {hyperband: {...}}")
+    (kind, block), = raw.items()
+    keys, defaults, what = SCHEDULERS[kind]
+    where = f"scheduler.{kind}"
+    settings = {**defaults, **typed_block(block, keys, source, where, what)}
+    if settings["mode"] not in ("min", "max"):
+        _fail(source, f"{where}.mode", "must be min or max")
+    if settings.get("judge", "point") not in halving.JUDGES:
+        _fail(source, f"{where}.judge", f"must be {' or '.join(halving.JUDGES)} (how seeds are judged)")
+    at_least(source, where, settings, {"grace_period": 1, "reduction_factor": 2})
+    if not math.isfinite(settings["reduction_factor"]):
+        _fail(source, f"{where}.reduction_factor", "must be a finite number >= 2")
     metrics = epoch_metric_names()
-    if scheduler["metric"] not in metrics:
-        _fail(source, "scheduler.asha.metric", f"must be a per-epoch metric: {', '.join(metrics)}")
-    return scheduler
+    if settings["metric"] not in metrics:
+        _fail(source, f"{where}.metric", f"must be a per-epoch metric: {', '.join(metrics)}")
+    return {kind: settings}
 
 
 def read_evaluations(raw: Any, source: str) -> dict[str, dict[str, Any]]:
@@ -315,6 +337,38 @@ def check_points(spec: SweepSpec) -> None:
     for key in spec.fixed:
         if key in owners and not methods & set(owners[key]):
             _fail(spec.source, f"fixed.{key}", f"is a setting of {', '.join(owners[key])}, which this sweep does not run")
+    if spec.scheduler:
+        check_scheduler(spec)
+
+
+def reported_metrics(cfg: PretrainConfig) -> list[str]:
+    """What a run of CFG reports every epoch: its method's metrics and its enabled monitors' figures."""
+    monitors = [f for name, s in cfg.monitors.items() if s.enabled() for f in MONITORS[name].figures]
+    return [*METHODS[cfg.method].metric_names, *monitors]
+
+
+def check_scheduler(spec: SweepSpec) -> None:
+    """The scheduler's metric must be reported by every trial, and its first rung come before the end."""
+    kind, settings = spec.scheduler_kind, spec.scheduler_settings
+    where = f"scheduler.{kind}"
+    if kind == "hyperband":
+        if "checkpoint_every" in spec.fixed or "checkpoint_every" in spec.axes:
+            _fail(spec.source, "checkpoint_every", "is set by hyperband (every epoch: a paused trial resumes "
+                                                   "from its rung's checkpoint): remove it")
+    epochs = set()
+    for point in spec.grid_points():
+        cfg = spec.trial_config(point, spec.seeds[0], root="data", out="runs/x")
+        if settings["metric"] not in reported_metrics(cfg):
+            _fail(spec.source, f"{where}.metric", f"{settings['metric']} is not reported by the trials of {point or 'the sweep'} "
+                                                  f"(they report {', '.join(reported_metrics(cfg))}): enable the monitor "
+                                                  f"that gives it in 'fixed' (e.g. knn_every: 1), or pick one of those")
+        if settings["grace_period"] >= cfg.epochs:
+            _fail(spec.source, f"{where}.grace_period", f"is {settings['grace_period']}, not before the last epoch "
+                                                        f"({cfg.epochs}) of {point or 'the trials'}: no rung to judge at")
+        epochs.add(cfg.epochs)
+    if kind == "hyperband" and len(epochs) > 1:
+        _fail(spec.source, f"{where}", f"needs one length for every trial (got epochs {sorted(epochs)}): "
+                                       f"rungs are shared epochs; sweep 'epochs' under fifo or asha")
 
 
 def epoch_metric_names() -> list[str]:

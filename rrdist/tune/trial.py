@@ -12,6 +12,7 @@ from typing import Any
 
 from rrdist.monitors import MONITORS, adopt
 from rrdist.storage import working_copy
+from rrdist.tune.halving import halt_file
 from rrdist.tune.records import read_record, sweep_trial, write_record
 
 
@@ -56,6 +57,21 @@ def epoch_reports():
     return EpochReports()
 
 
+def wait_to_be_paused(run_dir: str, timeout_s: float = 600.0) -> None:
+    """Tell the scheduler that the Train run has ended at its request, then wait for Tune to pause
+    (or stop) this trial: the trial's process ends there, and a resume starts it again."""
+    import threading
+
+    from ray import tune
+
+    from rrdist.train.trainer import last_metrics
+
+    tune.report({**(last_metrics(Path(run_dir)) or {}), "halted": 1})
+    threading.Event().wait(timeout_s)
+    raise RuntimeError(f"the scheduler did not pause the trial in {run_dir} within {timeout_s:.0f} s after its "
+                       f"Train run ended at the scheduler's request")
+
+
 def run_trial(params: dict[str, Any], context: SweepContext) -> None:
     from ray import tune
     from ray.exceptions import RayActorError
@@ -74,8 +90,11 @@ def run_trial(params: dict[str, Any], context: SweepContext) -> None:
     if saved and saved.get("status") == "completed" and saved.get("config") == cfg.to_dict():
         tune.report({**saved["metrics"], "reused": 1})  # finished before an interruption: not re-run
         return
+    halt = halt_file(context.sweep_dir, trial.name) if spec.scheduler_kind == "hyperband" else None
+    if halt:
+        Path(halt).unlink(missing_ok=True)  # the request of an earlier pause, carried out: this is the resume
     try:
-        result = pretrain(cfg, callbacks=[epoch_reports()])
+        result = pretrain(cfg, callbacks=[epoch_reports()], stop_file=halt)
         metrics = dict(result.metrics)  # the last epoch's: loss, the method's figures, monitors, speed
         with working_copy(run_dir, pull=(), push=("eval", "tb")) as local:  # pretrain fetched the backbone
             for evaluation, settings in spec.evaluations.items():
@@ -85,6 +104,8 @@ def run_trial(params: dict[str, Any], context: SweepContext) -> None:
         # sweep was interrupted), and the driver records how; a record here could land after that one.
         raise
     except Exception as e:
+        if halt and Path(halt).exists():  # the scheduler's pause (or stop): the run saved a checkpoint and ended
+            wait_to_be_paused(run_dir)
         message = find_user_message(e) or f"{type(e).__name__}: {first_line(e)}"
         write_record(run_dir, {**trial.record, "status": "failed", "error": message})
         raise
