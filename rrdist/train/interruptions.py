@@ -34,7 +34,8 @@ class Stopped(Preempted):
 
 
 def stop_requested(stop_file: str | None) -> bool:
-    return bool(stop_file) and os.path.exists(stop_file)
+    """Whether the stop file exists (or one of several, joined by os.pathsep)."""
+    return bool(stop_file) and any(os.path.exists(f) for f in stop_file.split(os.pathsep) if f)
 
 
 def install_stop_handler() -> None:

@@ -87,7 +87,7 @@ class PretrainResult:
 def pretrain(cfg: PretrainConfig, address: str | None = None, log=print, callbacks: list | None = None,
              stop_file: str | None = None) -> PretrainResult:
     """Fit one pretraining run; `callbacks` are Ray Train callbacks (a Tune trial passes TuneReportCallback);
-    `stop_file`: once it exists the workers checkpoint and end the run (default: $RRDIST_STOP_FILE)."""
+    `stop_file`: once it exists the workers checkpoint and end the run (as with $RRDIST_STOP_FILE)."""
     cfg.validate()
     if not is_uri(cfg.out):
         check_folder(cfg.out, "--out")
@@ -171,7 +171,8 @@ def build_trainer(cfg: PretrainConfig, run: RunFolder, data: WorkerData, callbac
         "fault": os.environ.get("RRDIST_FAULT"),  # test hooks: a failure to inject,
         # and a folder for every worker's per-step losses ("{run}" in it: the run folder's name)
         "trace": os.environ.get("RRDIST_TRACE", "").replace("{run}", run.location.rstrip("/").rsplit("/", 1)[-1]) or None,
-        "stop_file": stop_file or os.environ.get("RRDIST_STOP_FILE"),  # a request to checkpoint and end
+        # requests to checkpoint and end: the caller's (a sweep's pause) and a batch job's
+        "stop_file": os.pathsep.join(f for f in (stop_file, os.environ.get("RRDIST_STOP_FILE")) if f) or None,
     }
     gpus = {"GPU": cfg.gpus_per_worker} if cfg.use_gpu else {}
     return TorchTrainer(

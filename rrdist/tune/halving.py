@@ -4,9 +4,9 @@ go on to the next rung; the last survivors run to the end.
 
 It is HyperBand's most aggressive bracket holding the whole sweep, on rrdist's `epoch` (Tune's own
 iteration counter starts again after a pause). Tune's `HyperBandScheduler` itself splits the trials
-into brackets by arrival (on these sweeps some run to the end unjudged), counts paused trials
-against `max_concurrent_trials` (so no new trial starts while two wait), and keeps its state in
-memory only. Here the decisions are a pure function of the monitor's values at the rungs
+into brackets as they arrive (some run to the end unjudged: bench/RESULTS.md, 5c); with
+`max_concurrent_trials` Tune creates no new trial while that many wait paused; and it keeps its
+state in memory only. Here the decisions are a pure function of the monitor's values at the rungs
 (`plan`), which are kept on disk (`halving.yaml` in the sweep folder) together with each trial's
 fate: an interrupted sweep resumes with the same decisions, and a paused trial resumes from the
 checkpoint of its rung epoch, so it is the same trial as one run straight through.

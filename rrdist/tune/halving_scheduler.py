@@ -15,16 +15,16 @@ import time
 from pathlib import Path
 from typing import Any
 
+import yaml
+from ray.tune.experiment import Trial
+from ray.tune.schedulers import FIFOScheduler, TrialScheduler
+
+from rrdist.storage import RunFolder
 from rrdist.tune.halving import LEDGER, Fate, halt_file, plan, read_ledger, rungs
+from rrdist.tune.records import trial_name
 
 
-def _scheduler_base():
-    from ray.tune.schedulers import FIFOScheduler
-
-    return FIFOScheduler
-
-
-class SynchronousHalving(_scheduler_base()):
+class SynchronousHalving(FIFOScheduler):
     """A Tune trial scheduler. Trials enter paused and start only through `choose_trial_to_run`,
     which keeps at most `slots` of them running; the rung decisions pause, resume and stop them."""
 
@@ -46,8 +46,6 @@ class SynchronousHalving(_scheduler_base()):
     # -- who a trial is --------------------------------------------------------------------------
 
     def name(self, trial) -> str:
-        from rrdist.tune.records import trial_name
-
         axes = {a: trial.config[a] for a in self.axes}
         return trial_name(axes, int(trial.config["seed"]), trial.trial_id if self.random_axes else None)
 
@@ -61,17 +59,11 @@ class SynchronousHalving(_scheduler_base()):
     def _load(self) -> None:
         if self._loaded:
             return
-        from rrdist.storage import RunFolder
-
         self._loaded = True
         saved = read_ledger(RunFolder(self.sweep_dir).read_text(LEDGER))
         self.values, self.events = saved["values"], saved["events"]
 
     def _save(self) -> None:
-        from rrdist.storage import RunFolder
-
-        import yaml
-
         RunFolder(self.sweep_dir).write_text(LEDGER, yaml.safe_dump(
             {"metric": self.judged, "mode": self.order, "rungs": self.rung_epochs, "judge": self.judge,
              "reduction_factor": self.eta, "values": self.values, "events": self.events}, sort_keys=False))
@@ -87,13 +79,10 @@ class SynchronousHalving(_scheduler_base()):
     def fates(self) -> dict[str, Fate]:
         present = {n: t for n, t in self.trials.items() if n not in self.failed}
         if len(self.trials) < self.expected:  # a rung is decided over the whole sweep, never part of it
-            return {n: Fate("wait" if self._reached(n) else "train", self._next_rung(n)) for n in present}
+            first = self.rung_epochs[0] if self.rung_epochs else None
+            return {n: Fate("wait" if self._reached(n) else "train", first) for n in present}
         return plan({n: self.group(n, t) for n, t in present.items()}, self.values, self.rung_epochs,
                     self.eta, self.order)
-
-    def _next_rung(self, name: str) -> int | None:
-        done = self.values.get(name, {})
-        return next((r for r in self.rung_epochs if r not in done), None)
 
     def _reached(self, name: str) -> bool:
         done = self.values.get(name, {})
@@ -101,8 +90,6 @@ class SynchronousHalving(_scheduler_base()):
 
     def _act(self, tune_controller, current=None) -> None:
         """Stop the paused trials the plan stops; the promoted ones start again through choose_trial_to_run."""
-        from ray.tune.experiment import Trial
-
         for name, fate in self.fates().items():
             trial = self.trials[name]
             if trial is current or trial.status not in (Trial.PAUSED, Trial.PENDING):
@@ -119,8 +106,6 @@ class SynchronousHalving(_scheduler_base()):
     # -- Tune's hooks ----------------------------------------------------------------------------
 
     def on_trial_add(self, tune_controller, trial) -> None:
-        from ray.tune.experiment import Trial
-
         self._load()
         name = self.name(trial)
         self.trials[name] = trial
@@ -130,8 +115,6 @@ class SynchronousHalving(_scheduler_base()):
             trial.set_status(Trial.PAUSED)  # it starts when choose_trial_to_run picks it
 
     def on_trial_result(self, tune_controller, trial, result: dict) -> str:
-        from ray.tune.schedulers import TrialScheduler
-
         epoch = result.get("epoch")
         if result.get("reused") is not None or not isinstance(epoch, int):
             return TrialScheduler.CONTINUE  # a finished trial's summary, not an epoch
@@ -182,8 +165,6 @@ class SynchronousHalving(_scheduler_base()):
         pass
 
     def choose_trial_to_run(self, tune_controller):
-        from ray.tune.experiment import Trial
-
         self._load()
         running = sum(t.status in (Trial.RUNNING, Trial.PENDING) for t in self.trials.values())
         if running >= self.slots:

@@ -12,7 +12,8 @@ samples: 1                     # draws of the random axes (choice / uniform / lo
 trial: {workers: 1, cpus_per_worker: 1, gpus_per_worker: 0}   # per trial (workers: MIN-MAX: elastic)
 concurrency: 2                 # trials at once (0: as many as the cluster fits)
 scheduler: fifo                # or {asha: {metric: loss, mode: min, grace_period: 5, reduction_factor: 2}}
-                               # or {hyperband: {metric: knn_acc, mode: max, grace_period: 1, reduction_factor: 4}}
+                               # or {hyperband: {metric: knn_acc, mode: max, grace_period: 1, reduction_factor: 4,
+                               #                 judge: point}}   synchronous halving (rrdist/tune/halving.py)
 evaluations: {linear: {epochs: 100}, linear_random: {epochs: 100}}   # also finetune: {epochs}, retrieval: {per_class}
 per_method:                    # settings of one method's trials (over 'fixed'), e.g. its paper batch size
   simclr: {batch_size: 128}
