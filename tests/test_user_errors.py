@@ -303,3 +303,22 @@ def test_a_bad_scheduler_leaves_no_sweep_folder(world, capsys):
     bad = space_file(world, name="fixme", scheduler=asha(grace_period=0))
     assert "at least 1" in one_line_error(capsys, ["sweep", bad, "--out", str(out), "--root", str(world["root"])])
     assert not (out / "fixme").exists()
+
+
+@pytest.mark.parametrize("ledger", ["values: [unclosed\n", "values: {a: {x: 1}}\n", "events: [1, 2]\n"])
+def test_a_damaged_halving_record_is_one_line_for_report_and_resume(world, capsys, ledger):
+    """halving.yaml holds the rung decisions a resume continues from: damaged, it is refused before
+    anything runs, and left as it is."""
+    from rrdist.tune.space import load
+
+    space = space_file(world, name="halved", fixed={**world["space"]["fixed"], "epochs": 3},
+                       scheduler={"hyperband": {"metric": "loss"}})
+    folder = write_sweep_folder(world, "halved", yaml.safe_dump({"spec": load(space).to_dict(),
+                                                                 "root": str(world["root"].resolve())}))
+    (folder / "halving.yaml").write_text(ledger)
+    before = snapshot(folder)
+    assert "halving.yaml is damaged" in one_line_error(capsys, ["report", str(folder)])
+    err = one_line_error(capsys, ["sweep", space, "--out", str(folder.parent), "--root", str(world["root"]),
+                                  "--resume"])
+    assert "halving.yaml is damaged" in err and "new --out" in err
+    assert snapshot(folder) == before

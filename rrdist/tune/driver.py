@@ -117,7 +117,7 @@ def _record_unfinished(sweep_dir: str, spec: SweepSpec, results, root: str, data
 
 def stopped_by_halving(sweep_dir: str) -> dict[str, dict[str, Any]]:
     """Trial name -> its "stopped" event in the sweep's halving.yaml ({} without one)."""
-    events = read_ledger(RunFolder(sweep_dir).read_text(LEDGER))["events"]
+    events = read_ledger(RunFolder(sweep_dir).read_text(LEDGER), sweep_dir)["events"]
     return {e["trial"]: e for e in events if e["event"] == "stopped"}
 
 
@@ -137,6 +137,7 @@ def run_sweep(space: str | Path, root: str, out: str | Path = "runs/sweeps", add
     root = str(Path(root).expanduser().resolve())
     sweep = {"spec": spec.to_dict(), "root": root}
     check_sweep_folder(folder, sweep, resume)
+    read_ledger(folder.read_text(LEDGER), folder)  # the halving decisions a resume continues from, if any
     prepare_data(spec, root, data_uri, log)
     folder.write_text("sweep.yaml", yaml.safe_dump(sweep, sort_keys=False))
     init_ray(address)

@@ -21,6 +21,11 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+import yaml
+
+from rrdist.errors import DataError
+from rrdist.storage import is_uri
+
 # Not a .json: Tune copies the sweep folder's top-level .json files on a restore and writes them back.
 LEDGER = "halving.yaml"
 KEYS = {"metric": "str", "mode": "str", "grace_period": "int", "reduction_factor": "float", "judge": "str"}
@@ -80,17 +85,21 @@ def halt_file(sweep_dir: str, trial: str) -> str | None:
     """The file that asks a trial's Train run to checkpoint and end (a pause, or a stop): its run
     folder's `.halt`. None for a sweep at a URI (no file its workers could look at): such a trial is
     ended by Tune alone, and Ray Train's placement-group cleaner frees its workers."""
-    from rrdist.storage import is_uri
-
     return None if is_uri(sweep_dir) else f"{sweep_dir}/trials/{trial}/.halt"
 
 
-def read_ledger(text: str | None) -> dict[str, Any]:
-    """halving.yaml's content: {values: {trial: {epoch: value}}, events: [...]} (empty without one)."""
-    import yaml
-
+def read_ledger(text: str | None, where: object = "the sweep folder") -> dict[str, Any]:
+    """halving.yaml's content: {values: {trial: {epoch: value}}, events: [...]} (empty without one);
+    a one-line DataError when it is not what the scheduler writes (WHERE: its folder, for the message)."""
     if not text:
         return {"values": {}, "events": []}
-    saved = yaml.safe_load(text) or {}
-    return {**saved, "values": {t: {int(e): v for e, v in vs.items()} for t, vs in saved.get("values", {}).items()},
-            "events": saved.get("events", [])}
+    try:
+        saved = yaml.safe_load(text)
+        values = {str(t): {int(e): float(v) for e, v in vs.items()} for t, vs in saved.get("values", {}).items()}
+        events = list(saved.get("events", []))
+        if not all(isinstance(e, dict) and {"trial", "event"} <= set(e) for e in events):
+            raise ValueError("an event without its trial")
+    except (yaml.YAMLError, AttributeError, TypeError, ValueError):
+        raise DataError(f"{where}/{LEDGER} is damaged (not the decisions synchronous halving wrote): restore it, "
+                        f"or run the sweep into a new --out folder") from None
+    return {**saved, "values": values, "events": events}

@@ -60,7 +60,7 @@ class SynchronousHalving(FIFOScheduler):
         if self._loaded:
             return
         self._loaded = True
-        saved = read_ledger(RunFolder(self.sweep_dir).read_text(LEDGER))
+        saved = read_ledger(RunFolder(self.sweep_dir).read_text(LEDGER), self.sweep_dir)
         self.values, self.events = saved["values"], saved["events"]
 
     def _save(self) -> None:
@@ -88,9 +88,9 @@ class SynchronousHalving(FIFOScheduler):
         done = self.values.get(name, {})
         return bool(self.rung_epochs) and self.rung_epochs[0] in done
 
-    def _act(self, tune_controller, current=None) -> None:
+    def _act(self, tune_controller, fates: dict[str, Fate], current=None) -> None:
         """Stop the paused trials the plan stops; the promoted ones start again through choose_trial_to_run."""
-        for name, fate in self.fates().items():
+        for name, fate in fates.items():
             trial = self.trials[name]
             if trial is current or trial.status not in (Trial.PAUSED, Trial.PENDING):
                 continue
@@ -124,8 +124,9 @@ class SynchronousHalving(FIFOScheduler):
             for r in due:  # a skipped rung (a resumed run that went past it) takes this epoch's value
                 self.values.setdefault(name, {})[r] = float(result[self.judged])
             self._save()
-        fate = self.fates().get(name, Fate("train", None))
-        self._act(tune_controller, current=trial)
+        fates = self.fates()
+        fate = fates.get(name, Fate("train", None))
+        self._act(tune_controller, fates, current=trial)
         if not halted and fate.state == "train" and (fate.rung is None or epoch < fate.rung):
             return TrialScheduler.CONTINUE
         if not halted and self._ask_to_halt(name):
@@ -134,7 +135,7 @@ class SynchronousHalving(FIFOScheduler):
             self._stop_event(name, fate.rung)
             self._save()
             return TrialScheduler.STOP
-        rung = fate.rung if fate.state == "wait" else max(self.values.get(name, {0: None}))
+        rung = fate.rung if fate.state == "wait" else max(self.values.get(name, {}), default=None)
         self._event(name, "paused", rung=rung, epoch=epoch,
                     **{self.judged: self.values.get(name, {}).get(rung)})
         self._save()
@@ -159,10 +160,7 @@ class SynchronousHalving(FIFOScheduler):
 
     def on_trial_error(self, tune_controller, trial) -> None:
         self.failed.add(self.name(trial))
-        self._act(tune_controller)
-
-    def on_trial_remove(self, tune_controller, trial) -> None:
-        pass
+        self._act(tune_controller, self.fates())
 
     def choose_trial_to_run(self, tune_controller):
         self._load()
@@ -170,7 +168,7 @@ class SynchronousHalving(FIFOScheduler):
         if running >= self.slots:
             return None
         fates = self.fates()
-        self._act(tune_controller)
+        self._act(tune_controller, fates)
         for name, trial in self.trials.items():
             fate = fates.get(name)
             if trial.status == Trial.PAUSED and fate is not None and fate.state == "train":

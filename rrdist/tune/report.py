@@ -185,21 +185,16 @@ def render_fates(ledger: dict[str, Any], trials: list[dict[str, Any]]) -> list[s
 
 def write_fates(folder: RunFolder, ledger: dict[str, Any], trials: list[dict[str, Any]]) -> None:
     """TensorBoard `fates/`: one run per trial, its fate as text and its rung values as scalars."""
-    from torch.utils.tensorboard import SummaryWriter
-
-    folder.local.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".fates-", dir=folder.local))
     metric = ledger.get("metric", "metric")
-    for name, fate in fate_lines(ledger, trials).items():
-        with SummaryWriter(str(tmp / name)) as writer:
-            writer.add_text("fate", fate, 0)
-            for epoch, value in sorted(ledger["values"].get(name, {}).items()):
-                writer.add_scalar(f"rung/{metric}", value, epoch)
-    target = folder.local / "fates"
-    if target.exists():
-        shutil.rmtree(target)
-    tmp.rename(target)
-    folder.replace_folder("fates")
+
+    def fill(tmp: Path, writer_of) -> None:
+        for name, fate in fate_lines(ledger, trials).items():
+            with writer_of(str(tmp / name)) as writer:
+                writer.add_text("fate", fate, 0)
+                for epoch, value in sorted(ledger["values"].get(name, {}).items()):
+                    writer.add_scalar(f"rung/{metric}", value, epoch)
+
+    write_tensorboard_folder(folder, "fates", fill)
 
 
 def _csv(rows: list[dict[str, Any]], columns: list[str]) -> str:
@@ -210,24 +205,33 @@ def _csv(rows: list[dict[str, Any]], columns: list[str]) -> str:
     return out.getvalue()
 
 
-def write_hparams(folder: RunFolder, axes: list[str], trials: list[dict[str, Any]]) -> None:
-    """TensorBoard HParams: one run per completed trial, its axes and seed against its metrics."""
+def write_tensorboard_folder(folder: RunFolder, name: str, fill) -> None:
+    """Replace the sweep's TensorBoard folder NAME at once: `fill(tmp, SummaryWriter)` writes it in a
+    temporary folder beside it, which then takes its place (a reader never sees half of one)."""
     from torch.utils.tensorboard import SummaryWriter
 
     folder.local.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".hparams-", dir=folder.local))
-    for t in trials:
-        if t["status"] != "completed":
-            continue
-        hparams = {**{a: t["axes"][a] for a in axes}, "seed": t["seed"]}
-        metrics = {f"hparam/{k}": float(v) for k, v in t["metrics"].items() if isinstance(v, (int, float))}
-        with SummaryWriter(str(tmp)) as writer:
-            writer.add_hparams(hparams, metrics, run_name=t["trial"])
-    target = folder.local / "hparams"
+    tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=folder.local))
+    fill(tmp, SummaryWriter)
+    target = folder.local / name
     if target.exists():
         shutil.rmtree(target)
     tmp.rename(target)
-    folder.replace_folder("hparams")
+    folder.replace_folder(name)
+
+
+def write_hparams(folder: RunFolder, axes: list[str], trials: list[dict[str, Any]]) -> None:
+    """TensorBoard HParams: one run per completed trial, its axes and seed against its metrics."""
+    def fill(tmp: Path, writer_of) -> None:
+        for t in trials:
+            if t["status"] != "completed":
+                continue
+            hparams = {**{a: t["axes"][a] for a in axes}, "seed": t["seed"]}
+            metrics = {f"hparam/{k}": float(v) for k, v in t["metrics"].items() if isinstance(v, (int, float))}
+            with writer_of(str(tmp)) as writer:
+                writer.add_hparams(hparams, metrics, run_name=t["trial"])
+
+    write_tensorboard_folder(folder, "hparams", fill)
 
 
 def write_report(sweep_dir: str | Path) -> str:
@@ -236,7 +240,7 @@ def write_report(sweep_dir: str | Path) -> str:
     sweep, trials = load_sweep(folder)
     rows = summarize(sweep, trials)
     ledger_text = folder.read_text(LEDGER)
-    ledger = read_ledger(ledger_text) if ledger_text else None
+    ledger = read_ledger(ledger_text, folder) if ledger_text else None
     text = render(sweep, rows, trials, ledger)
     folder.write_text("results.md", text)
     axes, evaluations = list(sweep["spec"]["axes"]), list(sweep["spec"]["evaluations"])
