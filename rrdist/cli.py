@@ -28,14 +28,14 @@ def _data(args: argparse.Namespace) -> int:
 
 
 def _pretrain(args: argparse.Namespace) -> int:
-    from rrdist.config import read_settings
+    from rrdist.config import COMMAND_LINE, read_settings
     from rrdist.methods import all_keys, config_from_dict
     from rrdist.storage import is_uri, shown
     from rrdist.train.trainer import pretrain
 
     values = read_settings(args.config) if args.config else {}
     values.update({name: getattr(args, name) for name in all_keys() if getattr(args, name) is not None})
-    cfg = config_from_dict(values, source=args.config or "the command line").validate()
+    cfg = config_from_dict(values, source=args.config or COMMAND_LINE).validate()
     result = pretrain(cfg, address=args.address)
     m = result.metrics
     out, folder = shown(cfg.out), shown(cfg.out, query=False)

@@ -7,6 +7,7 @@ holds one of them in `settings`, and is saved flat (both side by side).
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,13 @@ def read_yaml(path: str | Path, missing_hint: str) -> Any:
         raise ConfigError(f"{path} is a folder, not a YAML file: {missing_hint}")
     if not path.is_file():
         raise ConfigError(f"{path} does not exist: {missing_hint}")
-    return parse_yaml(path.read_text(), path)
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path} is not UTF-8 text (byte {e.start}): save it as UTF-8") from None
+    except OSError as e:
+        raise ConfigError(f"{path} cannot be read ({e.strerror}): {missing_hint}") from None
+    return parse_yaml(text, path)
 
 
 def parse_yaml(text: str, source: str | Path) -> Any:
@@ -56,6 +63,7 @@ def help_of(f) -> str:
     return f.metadata.get("help", "")
 
 
+COMMAND_LINE = "the command line"  # the source of settings given as flags
 TYPES = {"int": int, "float": float, "str": str, "bool": bool}  # a field's declared type name -> its type
 
 
@@ -68,7 +76,8 @@ def convert(value: Any, kind: str, key: str, source: str | Path | None = None) -
     """`value` as a `kind` ("int", "float", "str", "bool"), strictly: no bool as a number, no
     fraction as an integer, no number as a flag; a one-line ConfigError naming the key otherwise.
     Strings of numbers and of true/false are read (YAML reads 1e-3 as a string; a points axis holds strings)."""
-    where = f"key '{key}' in {source}" if source is not None else f"'{key}'"
+    where = (f"--{key.replace('_', '-')}" if source == COMMAND_LINE else
+             f"key '{key}' in {source}" if source is not None else f"'{key}'")
     try:
         if kind == "bool":
             if isinstance(value, str) and value.lower() in ("true", "false"):
@@ -83,6 +92,11 @@ def convert(value: Any, kind: str, key: str, source: str | Path | None = None) -
         if isinstance(value, bool) or not isinstance(value, (int, float, str)):
             raise ValueError
         number = float(value)
+        if not math.isfinite(number) or (kind == "int" and abs(number) >= 2 ** 63):
+            # never a setting (an interval of infinity means never: say that with the setting's own value)
+            hint = f": {NEVER[key]}" if key in NEVER else ""
+            raise ConfigError(f"{where} must be a finite number{' below 2^63' if kind == 'int' else ''} "
+                              f"(got {value!r}){hint}")
         if kind == "float":
             return number
         if isinstance(value, int):
@@ -93,6 +107,12 @@ def convert(value: Any, kind: str, key: str, source: str | Path | None = None) -
     except (TypeError, ValueError, OverflowError):
         an = "an" if kind == "int" else "a"
         raise ConfigError(f"{where} must be {an} {kind} (got {value!r})") from None
+
+
+# What to pass instead of an infinite interval, by setting.
+NEVER = {"checkpoint_minutes": "pass 0 to checkpoint at epoch ends only",
+         "check_every": "pass at most 100000 (steps between the workers' checks)"}
+MOST_CHECK_EVERY = 100_000
 
 
 def worker_range(value: Any, source: str | Path | None = None) -> tuple[int, int] | None:
@@ -175,6 +195,15 @@ class PretrainConfig:
                  "root", "data_uri", "out", "compile", "workers", "min_workers", "resize_check_s",
                  "use_gpu")  # and every monitor setting
     COMPOSED = ("settings", "monitors")  # filled from the registries of methods and monitors
+    PATHS = ("root", "out", "data_uri")  # relative to the folder the configuration was made in
+
+    def __post_init__(self) -> None:
+        # A relative path means the folder the user ran the command from, in every process and on every
+        # node (a Ray worker runs elsewhere): made absolute here, where the configuration is made.
+        from rrdist.storage import absolute
+
+        for name in self.PATHS:
+            setattr(self, name, absolute(getattr(self, name)))
 
     @classmethod
     def shared_fields(cls) -> list:
@@ -201,7 +230,9 @@ class PretrainConfig:
         need(self.checkpoint_every >= 1, f"checkpoint interval must be at least 1 epoch (got {self.checkpoint_every})")
         need(self.checkpoint_minutes == self.checkpoint_minutes and self.checkpoint_minutes >= 0,
              f"--checkpoint-minutes must be >= 0 (got {self.checkpoint_minutes}): pass 0 to checkpoint at epoch ends only")
-        need(self.check_every >= 1, f"--check-every must be at least 1 step (got {self.check_every})")
+        need(1 <= self.check_every <= MOST_CHECK_EVERY,
+             f"--check-every must be 1 to {MOST_CHECK_EVERY} steps (got {self.check_every}): more would mean never "
+             f"looking for a due checkpoint or a stop inside an epoch; pass 20")
         need(self.max_failures >= 0, f"max failures must be >= 0 (got {self.max_failures})")
         need(self.precision in PRECISIONS, f"unknown precision '{self.precision}': choose one of {', '.join(PRECISIONS)}")
         self._check_split()

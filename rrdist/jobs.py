@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 from rrdist.errors import RrdistError, first_line
+from rrdist.storage import SUBMITTED
 
 # Never shipped with the working directory: environments, data and results stay where they are.
 # Ray reads these as .gitignore patterns relative to the working directory: a bare `data` would
@@ -81,7 +82,8 @@ def submit(args: list[str], address: str | None = None, follow: bool = False,
 
     entrypoint = "python -m rrdist " + " ".join(shlex.quote(a) for a in args)
     runtime_env = {"working_dir": str(Path(working_dir).resolve()), "excludes": EXCLUDES,
-                   "env_vars": {"PYTHONUNBUFFERED": "1"}}
+                   # the job runs in a temporary copy of this folder: paths must not lead into it (rrdist.storage)
+                   "env_vars": {"PYTHONUNBUFFERED": "1", SUBMITTED: "1"}}
     deadline = time.time() + 60
     while True:
         try:

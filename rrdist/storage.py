@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -20,6 +21,7 @@ from typing import Iterator
 from rrdist import atomic
 from rrdist.errors import ConfigError, DataError, first_line
 
+CONFIG_FILE = "config.yaml"  # a run's settings, saved flat (rrdist.config.PretrainConfig.to_yaml)
 _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 
 
@@ -208,10 +210,26 @@ def _file_stamps(folder: Path, names: tuple[str, ...]) -> dict[str, tuple[int, i
     return stamps
 
 
+def absolute(location: str) -> str:
+    """A path the user gave, made absolute against the folder the command runs in (what a relative
+    path means to the user), so that every process and node reads it alike; URIs and "" unchanged."""
+    if not location or is_uri(location):
+        return location
+    return os.path.abspath(os.path.expanduser(location))
+
+
+# Set in the environment of a job that `rrdist submit` sends: its working folder is a temporary copy.
+SUBMITTED = "RRDIST_SUBMITTED"
+
+
 def check_folder(path: str | os.PathLike, flag: str) -> None:
-    """A folder to read or write: refused in one line if it is a file, or if it (or, when it does not
-    exist yet, its nearest existing parent) cannot be written."""
+    """A folder to read or write: refused in one line if it is a file, if it (or, when it does not
+    exist yet, its nearest existing parent) cannot be written, or if it lies in the temporary working
+    folder of a submitted job (which Ray deletes)."""
     folder = Path(path).expanduser().resolve()
+    if os.environ.get(SUBMITTED) and folder.is_relative_to(Path.cwd().resolve()):
+        raise ConfigError(f"{flag} {path} lies in this job's temporary copy of the working folder, which Ray deletes: "
+                          f"pass {flag} as an absolute path that the cluster's nodes share, or a bucket URI")
     if folder.exists() and not folder.is_dir():
         raise ConfigError(f"{flag} {path} is a file, not a folder: pass a folder")
     existing = folder
@@ -219,5 +237,8 @@ def check_folder(path: str | os.PathLike, flag: str) -> None:
         existing = existing.parent
     if not existing.is_dir():
         raise ConfigError(f"{flag} {path} lies under the file {existing}: pass a folder")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise ConfigError(f"{flag} {path} cannot be written ({existing} is not writable): pass a folder you can write")
+    try:  # the permission bits do not tell (root; read-only file systems; /sys): make a folder there and remove it
+        os.rmdir(tempfile.mkdtemp(prefix=".rrdist-probe-", dir=existing))
+    except OSError as e:
+        raise ConfigError(f"{flag} {path} cannot be written ({existing}: {e.strerror or first_line(e)}): "
+                          f"pass a folder you can write") from None

@@ -36,8 +36,11 @@ def run_cli(capsys, *argv):
     (["--resize-check-s", "0"], "--resize-check-s must be more than 0"),
     (["--checkpoint-every", "0"], "checkpoint interval must be at least 1 epoch"),
     (["--checkpoint-minutes", "-1"], "--checkpoint-minutes must be >= 0"),
-    (["--checkpoint-minutes", "nan"], "--checkpoint-minutes must be >= 0"),
-    (["--check-every", "0"], "--check-every must be at least 1 step"),
+    (["--checkpoint-minutes", "nan"], "--checkpoint-minutes must be a finite number"),
+    (["--checkpoint-minutes", "inf"], "--checkpoint-minutes must be a finite number (got inf): pass 0"),
+    (["--check-every", "0"], "--check-every must be 1 to 100000 steps"),
+    (["--check-every", str(10 ** 23)], "--check-every must be a finite number below 2^63"),
+    (["--check-every", "100001"], "more would mean never"),
     (["--workers", "64"], "this machine's Ray has 2 CPUs"),
     (["--batch-size", "4", "--workers", "4", "--no-sync-bn"], "BatchNorm per worker (--no-sync-bn) needs 2"),
 ])

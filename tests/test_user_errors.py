@@ -322,3 +322,45 @@ def test_a_damaged_halving_record_is_one_line_for_report_and_resume(world, capsy
                                   "--resume"])
     assert "halving.yaml is damaged" in err and "new --out" in err
     assert snapshot(folder) == before
+
+
+FULL_JOB = {"SLURM_JOB_ID": "123", "SLURM_JOB_NODELIST": "node1", "SLURM_CPUS_ON_NODE": "2",
+            "SLURM_RESTART_COUNT": "0"}
+SLURM_CASES = [  # (name, environment set on top of one without SLURM_*, a fragment the one line must hold)
+    ("no job", {}, "SLURM_JOB_ID is not set): submit this script with sbatch"),
+    ("half a job", {"SLURM_JOB_ID": "123"}, "SLURM_JOB_NODELIST is not set: run this script through sbatch"),
+    ("job id a word", {"SLURM_JOB_ID": "abc", "SLURM_JOB_NODELIST": "node1"}, "SLURM_JOB_ID=abc is not a positive integer"),
+    ("job id zero", {"SLURM_JOB_ID": "0", "SLURM_JOB_NODELIST": "node1"}, "SLURM_JOB_ID=0 is not a positive integer"),
+    ("node list empty", {"SLURM_JOB_ID": "123", "SLURM_JOB_NODELIST": ""}, "SLURM_JOB_NODELIST is not set"),
+    ("port a word", {**FULL_JOB, "RRDIST_RAY_PORT": "x"}, "RRDIST_RAY_PORT=x is not a port in 1024..65000"),
+    ("port too high", {**FULL_JOB, "RRDIST_RAY_PORT": "65534"}, "RRDIST_RAY_PORT=65534 is not a port"),
+    ("cpus a word", {**FULL_JOB, "SLURM_CPUS_ON_NODE": "two"}, "SLURM_CPUS_ON_NODE=two is not an integer"),
+    ("restart count two lines", {**FULL_JOB, "SLURM_RESTART_COUNT": "1\n2"}, "SLURM_RESTART_COUNT="),
+    ("no ray in the venv", {**FULL_JOB, "RRDIST_VENV": "/nonexistent-venv"}, "or set RRDIST_VENV"),
+]
+
+
+@pytest.mark.parametrize("name,env,fragment", SLURM_CASES, ids=[c[0] for c in SLURM_CASES])
+def test_the_slurm_script_outside_a_job_is_one_line(tmp_path, name, env, fragment):
+    """cluster/slurm.sbatch refuses an environment it cannot run in before it writes anything: no
+    job folder, no token file, no SLURM command reached, one line and exit status 2."""
+    import os
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parent.parent
+    jobs, tools, reached = tmp_path / "jobs", tmp_path / "tools", tmp_path / "reached"
+    tools.mkdir()
+    for tool in ("scontrol", "srun", "sbatch"):  # stand-ins that record being reached
+        (tools / tool).write_text(f"#!/bin/sh\necho {tool} >> '{reached}'\nexit 1\n")
+        (tools / tool).chmod(0o755)
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "RRDIST_"))}
+    clean.update(PATH=f"{tools}{os.pathsep}{clean.get('PATH', '')}", RRDIST_VENV=sys.prefix,
+                 RRDIST_SLURM_DIR=str(jobs))
+    result = subprocess.run(["bash", "cluster/slurm.sbatch", "pretrain", "--dataset", "digits"], cwd=repo,
+                            env={**clean, **env}, capture_output=True, text=True, timeout=60)
+    err = result.stderr.strip()
+    assert result.returncode == 2, (name, result.stdout, result.stderr)
+    assert len(err.splitlines()) == 1 and err.startswith("rrdist: error: ") and fragment in err, err
+    assert "unbound variable" not in result.stdout + result.stderr and result.stdout == "", result.stdout
+    assert snapshot(jobs) == {} and not jobs.exists() and not reached.exists()

@@ -11,7 +11,7 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
-from rrdist.config import PretrainConfig, as_mapping, expand_workers, parse_yaml, read_settings, typed_values
+from rrdist.config import COMMAND_LINE, PretrainConfig, as_mapping, expand_workers, parse_yaml, read_settings, typed_values
 from rrdist.errors import ConfigError
 from rrdist.methods.deepcluster import DeepCluster
 from rrdist.methods.infomax import DeepInfoMax
@@ -61,7 +61,7 @@ def all_keys() -> list[str]:
 def config_from_dict(data: dict[str, Any], source: str = "configuration") -> PretrainConfig:
     """A run configuration from its flat form; a key of no method, or of another method, is refused."""
     shared = {f.name for f in PretrainConfig.shared_fields()}
-    data = expand_workers(data, None if source == "the command line" else source)
+    data = expand_workers(data, None if source == COMMAND_LINE else source)
     method = str(data.get("method") or default_method())
     settings_type = method_class(method).Settings
     own = {f.name for f in fields(settings_type)}

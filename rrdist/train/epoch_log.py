@@ -10,12 +10,33 @@ from typing import Any
 
 import torch
 
-from rrdist import atomic
+from rrdist import atomic, kept
 from rrdist.errors import MARKER
 from rrdist.storage import RunFolder
 from rrdist.train.step import EpochSums
 
 FAILURE_FILE = "failure.json"  # a failure no restart can fix, for the driver to report
+FAILURE = kept.Kept(FAILURE_FILE, lambda data: kept.json_of(data, {"error": str}),
+                    "remove it (it only holds the last run's error)")
+
+
+def parse_metrics(data: bytes) -> list[dict[str, Any]]:
+    """metrics.jsonl's lines: one JSON object per epoch or event, each with its epoch. A last line
+    without its newline was cut short by a killed writer: it is left out (a resumed run drops it)."""
+    *complete, _tail = kept.text_of(data).split("\n")
+    lines = []
+    for number, line in enumerate(complete, 1):
+        if not line.strip():
+            continue
+        try:
+            lines.append(kept.shaped(json.loads(line), {"epoch": int}, f"line {number}"))
+        except json.JSONDecodeError:
+            raise ValueError(f"line {number} is not JSON") from None
+    return lines
+
+
+METRICS = kept.Kept("metrics.jsonl", parse_metrics,
+                    "restore it, or remove it: the run goes on, and the earlier epochs' figures stay in tb/")
 
 
 def epoch_metrics(sums: EpochSums, elapsed: float, world: int, epoch: int) -> tuple[dict[str, Any], bool]:
@@ -40,14 +61,6 @@ def record_failure(run: RunFolder, rank: int, message: str) -> None:
         run.write_text(FAILURE_FILE, json.dumps({"error": message.replace(MARKER, "")}))
 
 
-def _epoch_of(line: str) -> int | None:
-    """The epoch of a metrics.jsonl line; None for a line a killed process left half-written."""
-    try:
-        return int(json.loads(line)["epoch"])
-    except (ValueError, KeyError, TypeError):
-        return None
-
-
 class EpochLog:
     """Rank 0's TensorBoard events, metrics.jsonl and epoch line; every rank's report to Ray."""
 
@@ -69,14 +82,15 @@ class EpochLog:
 
     def forget_after(self, epoch: int) -> None:
         """Drop metrics.jsonl's lines of epochs after `epoch`: a resumed run logs them again."""
-        path = self.run.local / "metrics.jsonl"
+        path = self.run.local / METRICS.name
         if not path.exists():
             return
-        lines = path.read_text().splitlines()
-        kept = [line for line in lines if _epoch_of(line) is not None and _epoch_of(line) <= epoch]
-        if len(kept) != len(lines):
-            atomic.write_text(path, "".join(line + "\n" for line in kept))
-            self.run.push("metrics.jsonl")
+        data = path.read_bytes()
+        lines = [line for line in kept.parse(METRICS, data, self.run) if line["epoch"] <= epoch]
+        text = "".join(json.dumps(line) + "\n" for line in lines)
+        if text.encode() != data:
+            atomic.write_text(path, text)
+            self.run.push(METRICS.name)
 
     def diverged(self, epoch: int) -> None:
         """A loss that became NaN or infinite ends the run (not retried: the same data would diverge again)."""

@@ -33,6 +33,34 @@ class Stopped(Preempted):
     """As Preempted, for the whole run: the stop file exists (no restart can help until it is gone)."""
 
 
+def stop_files(own: str | None = None, variable: str = "RRDIST_STOP_FILE") -> str | None:
+    """The stop files of a run joined by os.pathsep: the caller's own (a sweep's pause) and those of
+    $RRDIST_STOP_FILE (several joined by os.pathsep), made absolute. These are refused in one line where
+    one could never ask for a stop: a folder, one that exists already (the run would stop at once), or
+    one whose folder is missing."""
+    from pathlib import Path
+
+    from rrdist.errors import ConfigError
+
+    found = [own] if own else []
+    for name in os.environ.get(variable, "").split(os.pathsep):
+        if not name:
+            continue
+        path = Path(os.path.abspath(os.path.expanduser(name)))
+        if path.is_dir():
+            raise ConfigError(f"{variable} {name} is a folder: name a file that does not exist yet (creating it "
+                              f"asks the run to checkpoint and stop)")
+        if path.exists():
+            raise ConfigError(f"{variable} {name} exists already, so the run would stop at once: remove it "
+                              f"(creating it asks a running job to checkpoint and stop)")
+        if not path.parent.is_dir():
+            why = "is a file" if path.parent.exists() else "does not exist"
+            raise ConfigError(f"{variable} {name} could never be created ({path.parent} {why}): name a file in an "
+                              f"existing folder that every node sees")
+        found.append(str(path))
+    return os.pathsep.join(found) or None
+
+
 def stop_requested(stop_file: str | None) -> bool:
     """Whether the stop file exists (or one of several, joined by os.pathsep)."""
     return bool(stop_file) and any(os.path.exists(f) for f in stop_file.split(os.pathsep) if f)

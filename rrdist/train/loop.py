@@ -17,9 +17,9 @@ from rrdist.errors import TrainingError
 from rrdist.models.backbone_file import BACKBONE_FILE, save_backbone
 from rrdist.monitors import MonitorContext, adopt, build_monitors
 from rrdist.progress import Progress
-from rrdist.storage import RunFolder
+from rrdist.storage import CONFIG_FILE, RunFolder
 from rrdist.train.batches import TrainingImages, ViewBatches, build_augment, set_kernel_threads
-from rrdist.train.epoch_log import EpochLog, epoch_metrics, record_failure, report
+from rrdist.train.epoch_log import FAILURE_FILE, EpochLog, epoch_metrics, record_failure, report
 from rrdist.train.checkpoint import checkpoint_name
 from rrdist.train.hooks import StepHook
 from rrdist.train.logs import quiet_ray_logs
@@ -43,6 +43,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         training = build_training(cfg, data.num_classes, run, rank, world, device)
     except TrainingError as e:  # no checkpoint to continue from: restarting the workers cannot help
         return record_failure(run, rank, str(e))
+    if rank == 0:  # the run has started: its settings (a resume's new --epochs) are the saved ones now
+        run.write_text(CONFIG_FILE, cfg.to_yaml())
+        run.delete(FAILURE_FILE)
     stage_data(data, rank)
     torch.set_num_threads(cfg.cpus_per_worker)
     set_kernel_threads(cfg.cpus_per_worker)

@@ -13,6 +13,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from rrdist import kept
+
 POSITION_FILE = "position"
 _LINE = "{epoch:10d} {step:10d} {workers:6d} {time:18.3f}\n"  # fixed width: overwritten in place
 
@@ -32,11 +34,20 @@ class Position:
         os.close(self.fd)
 
 
+def parse_position(data: bytes) -> dict[str, Any]:
+    """The position line's fields; ValueError when it is not one."""
+    fields = kept.text_of(data).split()
+    if len(fields) != 4:
+        raise ValueError(f"{len(fields)} fields, not 4")
+    epoch, step, workers, when = fields
+    return {"epoch": int(epoch), "step": int(step), "workers": int(workers), "time": float(when)}
+
+
 def read_position(folder: Path) -> dict[str, Any] | None:
-    """The last step recorded in `folder`; None when there is none or it is unreadable."""
+    """The last step recorded in `folder`; None when there is none, or when it is damaged: it only
+    tells what a restart redid, so a damaged one costs that line and nothing else."""
     try:
-        epoch, step, workers, when = (Path(folder) / POSITION_FILE).read_text().split()[:4]
-        return {"epoch": int(epoch), "step": int(step), "workers": int(workers), "time": float(when)}
+        return parse_position((Path(folder) / POSITION_FILE).read_bytes())
     except (OSError, ValueError):
         return None
 

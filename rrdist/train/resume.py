@@ -5,8 +5,33 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from rrdist import kept
 from rrdist.errors import MARKER, TrainingError
 from rrdist.storage import RunFolder
+
+
+def _snapshot_folders(snapshot: dict[str, Any], run) -> None:
+    """Every checkpoint the snapshot names is in train/ (Ray refuses to start otherwise)."""
+    have = set(run.subfolders("train"))
+    missing = [r["checkpoint_dir_name"] for r in snapshot["checkpoint_results"] if r["checkpoint_dir_name"] not in have]
+    if missing:
+        raise ValueError(f"it names the checkpoint train/{missing[0]}, which is not there")
+
+
+def _ray_snapshot(data: bytes) -> dict[str, Any]:
+    from importlib.metadata import version
+
+    snapshot = kept.json_of(data, {"ray_version": str, "checkpoint_results": [{"checkpoint_dir_name": str,
+                                                                                "metrics": dict}]})
+    if snapshot["ray_version"] != version("ray"):
+        raise ValueError(f"written by Ray {snapshot['ray_version']}, this is Ray {version('ray')}")
+    return snapshot
+
+
+# Ray Train's list of the run's checkpoints, read by Ray itself when the run starts again.
+RAY_SNAPSHOT = kept.Kept("train/checkpoint_manager_snapshot.json", _ray_snapshot,
+                         "restore it, or remove it: the run then resumes from the newest readable checkpoint in "
+                         "train/", agrees=_snapshot_folders)
 
 
 def resume_state(checkpoint, run: RunFolder, announce: bool = False) -> dict[str, Any] | None:

@@ -3,21 +3,23 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from rrdist import kept
 from rrdist.config import PretrainConfig
 from rrdist.data.worker_data import WorkerData
-from rrdist.errors import ConfigError, RrdistError, TrainingError, find_user_message
+from rrdist.errors import ConfigError, TrainingError, find_user_message
 from rrdist.methods import config_from_yaml_text, method_class
 from rrdist.models.backbone_file import BACKBONE_FILE
 from rrdist.monitors import MONITORS
-from rrdist.storage import RunFolder, check_folder, is_uri
-from rrdist.train.epoch_log import FAILURE_FILE
+from rrdist.storage import CONFIG_FILE, RunFolder, absolute, check_folder, is_uri
+from rrdist.train.epoch_log import FAILURE, METRICS
+from rrdist.train.interruptions import stop_files
+from rrdist.train.resume import RAY_SNAPSHOT
 
 QUIET_RAY = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_TRAIN_ENABLE_PRINT_PATCH": "0",
              "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",
@@ -58,17 +60,16 @@ def init_ray(address: str | None = None) -> None:
         PRIVATE_RAY = True
 
 
+SAVED_CONFIG = kept.Kept(CONFIG_FILE, lambda data: config_from_yaml_text(kept.text_of(data), CONFIG_FILE),
+                         "restore it, or choose a new --out folder")
+
+
 def check_run_folder(cfg: PretrainConfig, run: RunFolder | Path) -> bool:
     """Refuse a run folder that holds a different run; True when it holds this one (resume)."""
     run = run if isinstance(run, RunFolder) else RunFolder(run)
-    saved = f"{run}/config.yaml"
-    text = run.read_text("config.yaml")
-    if text is None:
+    old = kept.read(run, SAVED_CONFIG)
+    if old is None:
         return False
-    try:
-        old = config_from_yaml_text(text, saved)
-    except RrdistError:
-        raise ConfigError(f"{saved} is unreadable: choose a new --out folder") from None
     diff = cfg.differences(old)
     if diff:
         k = diff[0]
@@ -92,21 +93,23 @@ def pretrain(cfg: PretrainConfig, address: str | None = None, log=print, callbac
     if not is_uri(cfg.out):
         check_folder(cfg.out, "--out")
     check_folder(cfg.root, "--root")
+    stop_file = stop_files(stop_file)
     run = RunFolder(cfg.out)
     resumed = check_run_folder(cfg, run)
+    kept.check(run, METRICS, RAY_SNAPSHOT)  # what the run will read back
     check_local_cpus(cfg, address)
     data = worker_data(cfg, log)  # everything is checked before the run folder is written
-    run.write_text("config.yaml", cfg.to_yaml())
-    run.delete(FAILURE_FILE)
+    if not resumed:  # a resume's settings replace the saved ones once its workers have started (loop.py)
+        run.write_text(CONFIG_FILE, cfg.to_yaml())
     init_ray(address)
     trainer = build_trainer(cfg, run, data, callbacks or [], stop_file)
     own = ", ".join(f"{k}={v}" for k, v in dataclasses.asdict(cfg.settings).items())
     workers = f"{cfg.min_workers}-{cfg.workers}" if cfg.min_workers else str(cfg.workers)
     log(f"pretraining {cfg.method}/{cfg.backbone} on {cfg.dataset} ({own}), {workers} worker(s) -> {run}")
     result = fit(trainer)
-    failure = run.read_text(FAILURE_FILE)
+    failure = kept.read(run, FAILURE)
     if failure is not None:
-        raise TrainingError(json.loads(failure)["error"])
+        raise TrainingError(failure["error"])
     run.pull("config.yaml", "metrics.jsonl", BACKBONE_FILE)  # a run at a URI: evaluations read the working copy
     return PretrainResult(run.local, last_metrics(run.local) or dict(result.metrics or {}), resumed)
 
@@ -170,9 +173,9 @@ def build_trainer(cfg: PretrainConfig, run: RunFolder, data: WorkerData, callbac
         "config": cfg, "run": run.location, "data": data, "monitors": dict(MONITORS),
         "fault": os.environ.get("RRDIST_FAULT"),  # test hooks: a failure to inject,
         # and a folder for every worker's per-step losses ("{run}" in it: the run folder's name)
-        "trace": os.environ.get("RRDIST_TRACE", "").replace("{run}", run.location.rstrip("/").rsplit("/", 1)[-1]) or None,
+        "trace": absolute(os.environ.get("RRDIST_TRACE", "").replace("{run}", run.location.rstrip("/").rsplit("/", 1)[-1])) or None,
         # requests to checkpoint and end: the caller's (a sweep's pause) and a batch job's
-        "stop_file": os.pathsep.join(f for f in (stop_file, os.environ.get("RRDIST_STOP_FILE")) if f) or None,
+        "stop_file": stop_file,
     }
     gpus = {"GPU": cfg.gpus_per_worker} if cfg.use_gpu else {}
     return TorchTrainer(
@@ -207,8 +210,5 @@ def fit(trainer):
 
 def last_metrics(run_dir: Path) -> dict[str, Any]:
     """The last epoch's metrics as rank 0 logged them (also when a finished run is re-run)."""
-    path = run_dir / "metrics.jsonl"
-    if not path.is_file():
-        return {}
-    lines = [line for line in path.read_text().splitlines() if line.strip() and '"event"' not in line]
-    return json.loads(lines[-1]) if lines else {}
+    epochs = [line for line in kept.read(RunFolder(run_dir), METRICS) or [] if "event" not in line]
+    return epochs[-1] if epochs else {}

@@ -8,9 +8,9 @@ from typing import Any
 import yaml
 
 from rrdist.errors import ConfigError
-from rrdist.storage import RunFolder, join, shown
+from rrdist.storage import RunFolder, absolute, check_folder, is_uri, join, shown
 from rrdist.tune.records import read_record, read_sweep, sweep_trial, write_record
-from rrdist.tune.halving import LEDGER, read_ledger
+from rrdist.tune.halving import read_ledger
 from rrdist.tune.space import EVALUATIONS, SweepSpec, epoch_metric_names, has_random_axes, load, param_space
 from rrdist.tune.trial import SweepContext, run_trial
 
@@ -117,7 +117,7 @@ def _record_unfinished(sweep_dir: str, spec: SweepSpec, results, root: str, data
 
 def stopped_by_halving(sweep_dir: str) -> dict[str, dict[str, Any]]:
     """Trial name -> its "stopped" event in the sweep's halving.yaml ({} without one)."""
-    events = read_ledger(RunFolder(sweep_dir).read_text(LEDGER), sweep_dir)["events"]
+    events = read_ledger(RunFolder(sweep_dir))["events"]
     return {e["trial"]: e for e in events if e["event"] == "stopped"}
 
 
@@ -132,12 +132,15 @@ def run_sweep(space: str | Path, root: str, out: str | Path = "runs/sweeps", add
     from rrdist.tune.report import write_report
 
     spec = load(space)
+    if not is_uri(out):
+        check_folder(out, "--out")
+    check_folder(root, "--root")
     sweep_dir = join(out, spec.name)
     folder = RunFolder(sweep_dir)
-    root = str(Path(root).expanduser().resolve())
+    root, data_uri = str(Path(root).expanduser().resolve()), absolute(data_uri or "") or None
     sweep = {"spec": spec.to_dict(), "root": root}
     check_sweep_folder(folder, sweep, resume)
-    read_ledger(folder.read_text(LEDGER), folder)  # the halving decisions a resume continues from, if any
+    read_ledger(folder)  # the halving decisions a resume continues from, if any
     prepare_data(spec, root, data_uri, log)
     folder.write_text("sweep.yaml", yaml.safe_dump(sweep, sort_keys=False))
     init_ray(address)

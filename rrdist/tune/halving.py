@@ -21,9 +21,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-import yaml
-
-from rrdist.errors import DataError
+from rrdist import kept
 from rrdist.storage import is_uri
 
 # Not a .json: Tune copies the sweep folder's top-level .json files on a restore and writes them back.
@@ -88,18 +86,30 @@ def halt_file(sweep_dir: str, trial: str) -> str | None:
     return None if is_uri(sweep_dir) else f"{sweep_dir}/trials/{trial}/.halt"
 
 
-def read_ledger(text: str | None, where: object = "the sweep folder") -> dict[str, Any]:
-    """halving.yaml's content: {values: {trial: {epoch: value}}, events: [...]} (empty without one);
-    a one-line DataError when it is not what the scheduler writes (WHERE: its folder, for the message)."""
-    if not text:
-        return {"values": {}, "events": []}
-    try:
-        saved = yaml.safe_load(text)
-        values = {str(t): {int(e): float(v) for e, v in vs.items()} for t, vs in saved.get("values", {}).items()}
-        events = list(saved.get("events", []))
-        if not all(isinstance(e, dict) and {"trial", "event"} <= set(e) for e in events):
-            raise ValueError("an event without its trial")
-    except (yaml.YAMLError, AttributeError, TypeError, ValueError):
-        raise DataError(f"{where}/{LEDGER} is damaged (not the decisions synchronous halving wrote): restore it, "
-                        f"or run the sweep into a new --out folder") from None
-    return {**saved, "values": values, "events": events}
+EVENTS = ("paused", "resumed", "stopped", "completed")
+SHAPE = {"metric": str, "mode": kept.OneOf("min", "max"), "rungs": [int], "judge": kept.OneOf(*JUDGES),
+         "reduction_factor": kept.Number, "values": kept.Each(str, kept.Each((int, str), kept.Number)),
+         "events": [{"trial": str, "event": kept.OneOf(*EVENTS)}],
+         "end?": kept.OneOf(True)}  # written last: a file cut short lacks it (files of rrdist 0.1.0 lack it too)
+
+
+def parse_ledger(data: bytes) -> dict[str, Any]:
+    """halving.yaml's content, its values keyed by epoch (an int); ValueError where it is not what the
+    scheduler writes."""
+    saved = kept.yaml_of(data, SHAPE)
+    values = {}
+    for trial, at in saved["values"].items():
+        for epoch in at:
+            if str(epoch) not in map(str, saved["rungs"]):
+                raise ValueError(f"'values' of {trial} at epoch {epoch!r}, which is not a rung ({saved['rungs']})")
+        values[trial] = {int(e): float(v) for e, v in at.items()}
+    return {**saved, "values": values}
+
+
+LEDGER_FILE = kept.Kept(LEDGER, parse_ledger, "restore it, or run the sweep into a new --out folder")
+
+
+def read_ledger(folder) -> dict[str, Any]:
+    """The halving decisions kept in FOLDER (a rrdist.storage.RunFolder): {values: {trial: {epoch:
+    value}}, events: [...], ...}, empty without a halving.yaml; a damaged one is a one-line DataError."""
+    return kept.read(folder, LEDGER_FILE) or {"values": {}, "events": []}

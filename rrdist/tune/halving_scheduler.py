@@ -60,13 +60,14 @@ class SynchronousHalving(FIFOScheduler):
         if self._loaded:
             return
         self._loaded = True
-        saved = read_ledger(RunFolder(self.sweep_dir).read_text(LEDGER), self.sweep_dir)
+        saved = read_ledger(RunFolder(self.sweep_dir))
         self.values, self.events = saved["values"], saved["events"]
 
     def _save(self) -> None:
         RunFolder(self.sweep_dir).write_text(LEDGER, yaml.safe_dump(
             {"metric": self.judged, "mode": self.order, "rungs": self.rung_epochs, "judge": self.judge,
-             "reduction_factor": self.eta, "values": self.values, "events": self.events}, sort_keys=False))
+             "reduction_factor": self.eta, "values": self.values, "events": self.events, "end": True},
+            sort_keys=False))
 
     def _event(self, name: str, event: str, **extra) -> None:
         self.events.append({"trial": name, "event": event, **extra, "time": round(time.time(), 3)})

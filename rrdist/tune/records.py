@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from rrdist import kept
 from rrdist.config import PretrainConfig
-from rrdist.errors import ConfigError
 from rrdist.storage import RunFolder, join
 from rrdist.tune.space import SweepSpec, has_random_axes
 
@@ -58,18 +58,18 @@ def sweep_trial(spec: SweepSpec, params: dict[str, Any], trial_id: str | None, s
     return SweepTrial(name, run_dir, axes, seed, trial_id, spec.trial_config(axes, seed, root, run_dir, data_uri))
 
 
-RECORD_KEYS = {"trial": str, "axes": dict, "seed": int, "config": dict, "status": str}
+STATUSES = ("completed", "failed", "stopped", "interrupted")
+RECORD_SHAPE = {"trial": str, "axes": dict, "seed": int, "config": dict, "status": kept.OneOf(*STATUSES)}
 
 
-def parse_record(text: str) -> dict[str, Any] | None:
-    """A record from its text; None when it is not one (half-written by a killed process, or damaged)."""
+def parse_record(data: bytes) -> dict[str, Any] | None:
+    """A record from its text; None when it is not one (half-written by a killed process, or damaged:
+    the trial then runs again on a resume, and the report leaves it out, saying so)."""
     try:
-        record = json.loads(text)
+        record = kept.json_of(data, RECORD_SHAPE)
+        if record["status"] == "completed":
+            kept.shaped(record, {"metrics": dict})
     except ValueError:
-        return None
-    if not isinstance(record, dict) or not all(isinstance(record.get(k), kind) for k, kind in RECORD_KEYS.items()):
-        return None
-    if record["status"] == "completed" and not isinstance(record.get("metrics"), dict):
         return None
     return record
 
@@ -77,26 +77,18 @@ def parse_record(text: str) -> dict[str, Any] | None:
 def read_record(run: str | Path) -> dict[str, Any] | None:
     """A trial's record in its run folder (a path or a URI); None if it has none (or a damaged one:
     the trial then runs again)."""
-    text = RunFolder(run).read_text(RECORD)
-    return parse_record(text) if text is not None else None
+    data = RunFolder(run).read_bytes(RECORD)
+    return parse_record(data) if data is not None else None
+
+
+SWEEP_FILE = kept.Kept("sweep.yaml", lambda data: kept.yaml_of(data, {"spec": dict, "root": str}),
+                       "restore it, or run the sweep into a new --out folder")
 
 
 def read_sweep(folder: RunFolder) -> dict[str, Any] | None:
-    """A sweep folder's sweep.yaml ({spec, root}); None when there is none; a one-line ConfigError
+    """A sweep folder's sweep.yaml ({spec, root}); None when there is none; a one-line DataError
     when it is damaged."""
-    import yaml
-
-    text = folder.read_text("sweep.yaml")
-    if text is None:
-        return None
-    try:
-        sweep = yaml.safe_load(text)
-    except yaml.YAMLError:
-        sweep = None
-    if not (isinstance(sweep, dict) and isinstance(sweep.get("spec"), dict) and isinstance(sweep.get("root"), str)):
-        raise ConfigError(f"{folder}/sweep.yaml is damaged (not the spec and root rrdist wrote): restore it, or run "
-                          f"the sweep into a new --out folder")
-    return sweep
+    return kept.read(folder, SWEEP_FILE)
 
 
 def write_record(run: str | Path, record: dict[str, Any]) -> None:

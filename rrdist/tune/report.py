@@ -18,10 +18,11 @@ from typing import Any
 
 import numpy as np
 
+from rrdist import kept
 from rrdist.errors import DataError
 from rrdist.storage import RunFolder
 from rrdist.tune.figures import write_figures
-from rrdist.tune.halving import LEDGER, read_ledger
+from rrdist.tune.halving import LEDGER_FILE
 from rrdist.tune.records import RECORD, parse_record, read_sweep
 
 COUNTS = ("stopped", "interrupted", "failed")  # results.csv: trials of a point that did not complete
@@ -34,10 +35,10 @@ def load_sweep(folder: RunFolder) -> tuple[dict[str, Any], list[dict[str, Any]]]
         raise DataError(f"{folder} is not a sweep folder (no sweep.yaml): pass the folder `rrdist sweep` wrote")
     trials = []
     for name in folder.subfolders("trials"):
-        text = folder.read_text(f"trials/{name}/{RECORD}")
-        if text is None:
+        data = folder.read_bytes(f"trials/{name}/{RECORD}")
+        if data is None:
             continue
-        record = parse_record(text)
+        record = parse_record(data)
         if record is None:
             print(f"rrdist: trials/{name}/{RECORD} is damaged: left out of the table (the trial runs again on "
                   f"--resume)", file=sys.stderr)
@@ -147,7 +148,7 @@ def render(sweep: dict[str, Any], rows: list[dict[str, Any]], trials: list[dict[
 
 def fate_lines(ledger: dict[str, Any], trials: list[dict[str, Any]]) -> dict[str, str]:
     """Each trial's path through the rungs, in words: `paused at epoch 1; resumed; completed`."""
-    metric = ledger.get("metric", "metric")
+    metric = ledger["metric"]
     words: dict[str, list[str]] = {}
     for e in ledger["events"]:
         value = e.get(metric)
@@ -169,12 +170,12 @@ def fate_lines(ledger: dict[str, Any], trials: list[dict[str, Any]]) -> dict[str
 
 
 def render_fates(ledger: dict[str, Any], trials: list[dict[str, Any]]) -> list[str]:
-    rungs, metric = ledger.get("rungs", []), ledger.get("metric", "metric")
-    judged = "a point by the mean of its seeds" if ledger.get("judge") == "point" else "each trial alone"
+    rungs, metric = ledger["rungs"], ledger["metric"]
+    judged = "a point by the mean of its seeds" if ledger["judge"] == "point" else "each trial alone"
     head = ["trial", *[f"{metric} at epoch {r}" for r in rungs], "fate"]
     lines = ["## Trial fates (synchronous halving)", "",
              f"Rungs at epochs {', '.join(map(str, rungs))}; at each, {judged} is ranked on {metric} "
-             f"({ledger.get('mode')}) and the best 1/{ledger.get('reduction_factor'):g} go on.", "",
+             f"({ledger['mode']}) and the best 1/{ledger['reduction_factor']:g} go on.", "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, fate in fate_lines(ledger, trials).items():
         values = ledger["values"].get(name, {})
@@ -185,7 +186,7 @@ def render_fates(ledger: dict[str, Any], trials: list[dict[str, Any]]) -> list[s
 
 def write_fates(folder: RunFolder, ledger: dict[str, Any], trials: list[dict[str, Any]]) -> None:
     """TensorBoard `fates/`: one run per trial, its fate as text and its rung values as scalars."""
-    metric = ledger.get("metric", "metric")
+    metric = ledger["metric"]
 
     def fill(tmp: Path, writer_of) -> None:
         for name, fate in fate_lines(ledger, trials).items():
@@ -239,8 +240,7 @@ def write_report(sweep_dir: str | Path) -> str:
     folder = RunFolder(sweep_dir)
     sweep, trials = load_sweep(folder)
     rows = summarize(sweep, trials)
-    ledger_text = folder.read_text(LEDGER)
-    ledger = read_ledger(ledger_text, folder) if ledger_text else None
+    ledger = kept.read(folder, LEDGER_FILE)
     text = render(sweep, rows, trials, ledger)
     folder.write_text("results.md", text)
     axes, evaluations = list(sweep["spec"]["axes"]), list(sweep["spec"]["evaluations"])
