@@ -132,10 +132,18 @@ class RunFolder:
 
     def subfolders(self, name: str) -> list[str]:
         """Names of the folders inside `name` (e.g. the checkpoints under train/)."""
+        return self._names(name, folders=True)
+
+    def files(self, name: str = "") -> list[str]:
+        """Names of the files inside `name` (the folder itself by default)."""
+        return self._names(name, folders=False)
+
+    def _names(self, name: str, folders: bool) -> list[str]:
         import pyarrow.fs as pafs
 
-        infos = self.fs.get_file_info(pafs.FileSelector(f"{self.path}/{name}", allow_not_found=True))
-        return sorted(i.base_name for i in infos if i.type == pafs.FileType.Directory)
+        kind = pafs.FileType.Directory if folders else pafs.FileType.File
+        infos = self.fs.get_file_info(pafs.FileSelector(f"{self.path}/{name}".rstrip("/"), allow_not_found=True))
+        return sorted(i.base_name for i in infos if i.type == kind)
 
     def replace_folder(self, name: str) -> None:
         """Put the working copy's folder `name` at the URI in place of what was there."""

@@ -117,7 +117,7 @@ def test_report_shows_each_trial_fate_in_results_and_tensorboard(tmp_path):
                          {"trial": "K=4,seed=0", "event": "paused", "rung": 1, "epoch": 1, "knn_acc": 0.35},
                          {"trial": "K=2,seed=0", "event": "stopped", "rung": 1, "knn_acc": 0.31},
                          {"trial": "K=3,seed=0", "event": "resumed", "rung": 1},
-                         {"trial": "K=3,seed=0", "event": "completed", "epoch": 3}]}
+                         {"trial": "K=3,seed=0", "event": "completed", "epoch": 3}], "end": True}
     (sweep_dir / LEDGER).write_text(json.dumps(ledger))
     table = write_report(sweep_dir)
     fates = {line.split(" | ")[0][3:-1]: line.rsplit(" | ", 1)[1][:-2] for line in table.splitlines()

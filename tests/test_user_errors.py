@@ -56,6 +56,12 @@ def space_file(world, **changes) -> str:
     return str(path)
 
 
+def binary_file(world, data: bytes) -> str:
+    path = world["base"] / f"bytes-{hashlib.sha256(data).hexdigest()[:8]}.yaml"
+    path.write_bytes(data)
+    return str(path)
+
+
 def settings_file(world, text: str) -> str:
     path = world["base"] / f"settings-{hashlib.sha256(text.encode()).hexdigest()[:8]}.yaml"
     path.write_text(text)
@@ -182,11 +188,40 @@ CASES = [
     # demo
     ("demo workers 65", lambda w: ["demo", "--workers", "65", "--out", str(w["base"] / "demo")], "pass --workers 2"),
     ("demo out a file", lambda w: ["demo", "--out", str(w["base"] / "a-file")], "is a file"),
+    # folders that cannot be written although the permission bits say they can (/sys, even as root)
+    ("out cannot be written", lambda w: pretrain(w)[:-2] + ["--out", "/sys/rrdist-run"], "cannot be written"),
+    ("sweep out cannot be written", lambda w: ["sweep", space_file(w), "--root", str(w["root"]), "--out",
+                                               "/sys/rrdist-sweeps"], "cannot be written"),
+    ("data root cannot be written", lambda w: ["data", "prepare", "digits", "--root", "/sys/rrdist-data"],
+     "cannot be written"),
+    ("demo out cannot be written", lambda w: ["demo", "--out", "/sys/rrdist-demo"], "cannot be written"),
+    # intervals that would mean never
+    ("checkpoint minutes infinite", lambda w: pretrain(w, "--checkpoint-minutes", "inf"),
+     "--checkpoint-minutes must be a finite number (got inf): pass 0 to checkpoint at epoch ends only"),
+    ("check every 10^23 steps", lambda w: pretrain(w, "--check-every", str(10 ** 23)), "pass at most 100000"),
+    ("check every infinite in a file", lambda w: pretrain(w, "--config", settings_file(w, "check_every: .inf\n")),
+     "must be a finite number"),
+    # files that are not UTF-8 text
+    ("settings not UTF-8", lambda w: pretrain(w, "--config", binary_file(w, b"K: 2\n\xff\xfe\n")), "is not UTF-8 text"),
+    ("space not UTF-8", lambda w: ["sweep", binary_file(w, b"name: x\n\xff\n")], "is not UTF-8 text"),
+    # stop files that could never ask for a stop ($RRDIST_STOP_FILE, as cluster/slurm.sbatch sets it)
+    ("stop file a folder", lambda w: pretrain(w), "is a folder: name a file", lambda w: {"RRDIST_STOP_FILE": str(w["base"])}),
+    ("stop file under a file", lambda w: pretrain(w), "could never be created",
+     lambda w: {"RRDIST_STOP_FILE": str(w["base"] / "a-file" / "stop")}),
+    ("stop file in no folder", lambda w: pretrain(w), "does not exist): name a file in an existing folder",
+     lambda w: {"RRDIST_STOP_FILE": str(w["base"] / "nowhere" / "stop")}),
+    ("stop file there already", lambda w: pretrain(w), "exists already, so the run would stop at once",
+     lambda w: {"RRDIST_STOP_FILE": str(w["base"] / "a-file")}),
+    # a submitted job runs in a temporary copy of the working folder: a relative --out would be lost
+    ("submitted job writes into its copy", lambda w: pretrain(w)[:-2] + ["--out", "runs/submitted-run"],
+     "temporary copy of the working folder", lambda w: {"RRDIST_SUBMITTED": "1"}),
 ]
 
 
-@pytest.mark.parametrize("name,argv,fragment", CASES, ids=[c[0] for c in CASES])
-def test_a_mistake_is_one_line_and_changes_nothing(world, capsys, name, argv, fragment):
+@pytest.mark.parametrize("name,argv,fragment,env", [(*c, None)[:4] for c in CASES], ids=[c[0] for c in CASES])
+def test_a_mistake_is_one_line_and_changes_nothing(world, capsys, monkeypatch, name, argv, fragment, env):
+    for key, value in (env(world) if env else {}).items():
+        monkeypatch.setenv(key, value)
     args = argv(world)
     before = snapshot(world["root"], world["run"], world["base"] / "new-run", world["base"] / "runs")
     try:
@@ -202,7 +237,7 @@ def test_a_mistake_is_one_line_and_changes_nothing(world, capsys, name, argv, fr
 
 
 def test_the_table_covers_every_command(world):
-    commands = {argv(world)[0] for _, argv, _ in CASES}
+    commands = {case[1](world)[0] for case in CASES}
     assert commands == {"pretrain", "data", "evaluate", "sweep", "demo"} and len(CASES) >= 45
 
 
@@ -284,6 +319,22 @@ def test_a_damaged_sweep_folder_is_one_line_for_report_and_resume(world, capsys,
     assert snapshot(folder) == before
 
 
+@pytest.mark.parametrize("name,data,why", [("tuner.pkl", b"\x80\x05\x95 cut", "not a whole pickle"),
+                                           ("experiment_state-2026-12-01_10-00-00.json", b'{"trial_data": [', "not JSON")])
+def test_damaged_tune_state_is_one_line_for_a_resume(world, capsys, name, data, why):
+    """Tune reads its own files back when a sweep resumes: each is checked to be whole first."""
+    from rrdist.tune.space import load
+
+    space = space_file(world, name=f"tuned-{name[:5]}")
+    folder = write_sweep_folder(world, f"tuned-{name[:5]}", yaml.safe_dump({"spec": load(space).to_dict(),
+                                                               "root": str(world["root"].resolve())}))
+    (folder / name).write_bytes(data)
+    before = snapshot(folder)
+    err = one_line_error(capsys, ["sweep", space, "--out", str(folder.parent), "--root", str(world["root"]), "--resume"])
+    assert f"{name} is damaged ({why}" in err and "remove the Tune files" in err, err
+    assert snapshot(folder) == before
+
+
 def test_a_damaged_trial_record_is_left_out_of_the_report(world, capsys):
     from rrdist.tune.space import load
 
@@ -294,6 +345,9 @@ def test_a_damaged_trial_record_is_left_out_of_the_report(world, capsys):
     captured = capsys.readouterr()
     assert "trial.json is damaged: left out" in captured.err and len(captured.err.strip().splitlines()) == 1
     assert "| K |" in captured.out
+    (folder / "trials" / "K=2,seed=0" / "trial.json").write_bytes(b'{"trial": "\xff"}')  # not UTF-8 either
+    assert main(["report", str(folder)]) == 0
+    assert "trial.json is damaged: left out" in capsys.readouterr().err
 
 
 def test_a_bad_scheduler_leaves_no_sweep_folder(world, capsys):
@@ -305,19 +359,85 @@ def test_a_bad_scheduler_leaves_no_sweep_folder(world, capsys):
     assert not (out / "fixme").exists()
 
 
-@pytest.mark.parametrize("ledger", ["values: [unclosed\n", "values: {a: {x: 1}}\n", "events: [1, 2]\n"])
-def test_a_damaged_halving_record_is_one_line_for_report_and_resume(world, capsys, ledger):
+SNAPSHOT = "train/checkpoint_manager_snapshot.json"
+
+
+def ray_snapshot(**changes) -> bytes:
+    from importlib.metadata import version
+
+    return json.dumps({"ray_version": version("ray"), "checkpoint_results": [], **changes}).encode()
+
+
+@pytest.mark.parametrize("name,data,why", [
+    (SNAPSHOT, ray_snapshot()[:30], "not JSON"),
+    (SNAPSHOT, ray_snapshot(ray_version="2.0.0"), "written by Ray 2.0.0"),
+    (SNAPSHOT, ray_snapshot(checkpoint_results=[{"checkpoint_dir_name": "epoch_0001", "metrics": {}}]),
+     "names the checkpoint train/epoch_0001, which is not there"),
+    (SNAPSHOT, ray_snapshot(checkpoint_results=[{"checkpoint_dir_name": 1}]), "is int 1, not str"),
+    ("metrics.jsonl", b'{"epoch": 1}\n\xff\xfe\n', "not UTF-8"),
+    ("metrics.jsonl", b'{"epoch": 1}\nnot json\n{"epoch": 2}\n', "line 2 is not JSON"),
+    ("metrics.jsonl", b'{"loss": 0.5}\n', "line 1 lacks 'epoch'"),
+    ("config.yaml", b"K: 2\n\xff\n", "not UTF-8"),
+])
+def test_a_damaged_file_of_a_run_stops_its_resume_in_one_line(world, capsys, name, data, why):
+    """What a resume reads back is checked before anything is written: the message names the file
+    and what to do, and the folder is left byte for byte, its config.yaml too (a new --epochs)."""
+    run = damaged_copy(world, "damaged-run")
+    (run / name).parent.mkdir(parents=True, exist_ok=True)
+    (run / name).write_bytes(data)
+    before = snapshot(run)
+    err = one_line_error(capsys, ["pretrain", "--dataset", "digits", "--root", str(world["root"]), "--backbone",
+                                  "conv4", "--epochs", "2", "--out", str(run)])
+    assert f"{run}/{name} is damaged" in err and why in err and ("remove it" in err or "new --out" in err), err
+    assert snapshot(run) == before
+
+
+def test_a_half_written_last_metrics_line_is_no_damage(world, capsys):
+    """A killed writer leaves its last line without a newline: that is what resumes are for."""
+    from rrdist.kept import read
+    from rrdist.storage import RunFolder
+    from rrdist.train.epoch_log import METRICS
+
+    run = damaged_copy(world, "half-line")
+    (run / "metrics.jsonl").write_bytes(b'{"epoch": 1, "loss": 0.5}\n{"epoch": 2, "lo')
+    assert read(RunFolder(run), METRICS) == [{"epoch": 1, "loss": 0.5}]
+
+
+LEDGER = {"metric": "loss", "mode": "min", "rungs": [1], "judge": "point", "reduction_factor": 3.0,
+          "values": {"K=2,seed=0": {1: 0.5}},
+          "events": [{"trial": "K=2,seed=0", "event": "paused", "rung": 1, "epoch": 1, "loss": 0.5, "time": 1.0}],
+          "end": True}  # as the scheduler writes it
+
+
+def ledger_text(**changes) -> str:
+    return yaml.safe_dump({**LEDGER, **changes}, sort_keys=False)
+
+
+@pytest.mark.parametrize("ledger,why", [
+    ("values: [unclosed\n", "not YAML"), ("values: {a: {x: 1}}\n", "lacks 'metric'"), ("events: [1, 2]\n", "lacks"),
+    (ledger_text(reduction_factor="two"), "'reduction_factor' is str 'two', not int or float"),
+    (ledger_text(rungs=5), "'rungs' is not a list"),
+    (ledger_text().split("events:")[0], "lacks 'events'"),  # cut short, still YAML
+    (ledger_text().replace("end: true\n", ""), "lacks 'end'"),  # cut short inside its last list
+    (ledger_text(values={"K=2,seed=0": {2: 0.5}}), "at epoch 2, which is not a rung ([1])"),
+    (ledger_text(events=[{"trial": "K=2,seed=0", "event": "waved"}]), "'waved', not one of"),
+    ("\xff\xfe".encode("latin-1"), "is not UTF-8 text"),
+])
+def test_a_damaged_halving_record_is_one_line_for_report_and_resume(world, capsys, ledger, why):
     """halving.yaml holds the rung decisions a resume continues from: damaged, it is refused before
-    anything runs, and left as it is."""
+    anything runs, and left as it is; the same file undamaged is read."""
     from rrdist.tune.space import load
 
     space = space_file(world, name="halved", fixed={**world["space"]["fixed"], "epochs": 3},
                        scheduler={"hyperband": {"metric": "loss"}})
     folder = write_sweep_folder(world, "halved", yaml.safe_dump({"spec": load(space).to_dict(),
                                                                  "root": str(world["root"].resolve())}))
-    (folder / "halving.yaml").write_text(ledger)
+    (folder / "halving.yaml").write_text(ledger_text())
+    assert main(["report", str(folder)]) == 0 and "paused at epoch 1" in capsys.readouterr().out
+    (folder / "halving.yaml").write_bytes(ledger if isinstance(ledger, bytes) else ledger.encode())
     before = snapshot(folder)
-    assert "halving.yaml is damaged" in one_line_error(capsys, ["report", str(folder)])
+    err = one_line_error(capsys, ["report", str(folder)])
+    assert "halving.yaml is damaged" in err and why in err, err
     err = one_line_error(capsys, ["sweep", space, "--out", str(folder.parent), "--root", str(world["root"]),
                                   "--resume"])
     assert "halving.yaml is damaged" in err and "new --out" in err

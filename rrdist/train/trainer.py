@@ -39,7 +39,11 @@ def init_ray(address: str | None = None) -> None:
         # Ray's single-machine mode (read when ray is imported): the private Ray, its workers and
         # their ports stay on 127.0.0.1, as with cluster/local.sh.
         os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    import logging
+
     import ray
+
+    from rrdist.train.logs import quiet_local_ray_start
 
     if ray.is_initialized():
         return
@@ -47,15 +51,19 @@ def init_ray(address: str | None = None) -> None:
     hooks = {k: os.environ[k] for k in ("RRDIST_TRACE",) if os.environ.get(k)}
     if hooks:  # a test hook set for this job reaches the processes that start its runs (sweep trials)
         runtime_env["env_vars"] = hooks
+    # Ray's INFO lines in this process ("Started a local Ray instance", "Connected to Ray cluster", Tune's
+    # bookkeeping) say nothing the user must act on; its warnings and errors still show.
+    quiet = {"runtime_env": runtime_env, "logging_level": logging.WARNING}
     if address:
-        ray.init(address=address, runtime_env=runtime_env)
+        ray.init(address=address, **quiet)
     elif os.environ.get("RAY_ADDRESS"):
-        ray.init(runtime_env=runtime_env)
+        ray.init(**quiet)
     else:
         # The dashboard (on 127.0.0.1 only) serves the State API that Ray Train's placement-group
         # cleaner polls: without it, a run whose controller is killed (a trial stopped by a
         # scheduler) would keep its workers' resources.
-        ray.init(address="local", include_dashboard=True, dashboard_host="127.0.0.1", runtime_env=runtime_env)
+        with quiet_local_ray_start():
+            ray.init(address="local", include_dashboard=True, dashboard_host="127.0.0.1", **quiet)
         global PRIVATE_RAY
         PRIVATE_RAY = True
 
@@ -114,24 +122,27 @@ def pretrain(cfg: PretrainConfig, address: str | None = None, log=print, callbac
     return PretrainResult(run.local, last_metrics(run.local) or dict(result.metrics or {}), resumed)
 
 
-def check_local_cpus(cfg: PretrainConfig, address: str | None) -> None:
-    """A private local Ray has this machine's CPUs and no more: a group that cannot fit would wait
-    for workers that never come, so it is refused at once (a cluster may still grow: not checked)."""
+def local_cpus(address: str | None) -> int | None:
+    """The CPUs of the private local Ray this process runs (or would start), which is all there will
+    be; None on a cluster, or in a Ray someone else started (a Tune trial): it may grow."""
     if address or os.environ.get("RAY_ADDRESS"):
-        return
+        return None
     ray = sys.modules.get("ray")
     if ray is not None and ray.is_initialized():
-        if not PRIVATE_RAY:  # a Tune trial on a cluster, or a Ray someone else started: it may grow
-            return
-        cpus = int(ray.cluster_resources().get("CPU", 0))
-    else:
-        try:
-            from ray._private.utils import get_num_cpus
-            cpus = int(get_num_cpus())
-        except Exception:  # a Ray without it: the machine's count
-            cpus = os.cpu_count() or 1
+        return int(ray.cluster_resources().get("CPU", 0)) if PRIVATE_RAY else None
+    try:
+        from ray._private.utils import get_num_cpus
+        return int(get_num_cpus())
+    except Exception:  # a Ray without it: the machine's count
+        return os.cpu_count() or 1
+
+
+def check_local_cpus(cfg: PretrainConfig, address: str | None) -> None:
+    """A group that cannot fit in a private local Ray would wait for workers that never come: refused
+    at once (a cluster may still grow: not checked)."""
+    cpus = local_cpus(address)
     fewest = cfg.min_workers or cfg.workers
-    if fewest * cfg.cpus_per_worker > cpus:
+    if cpus is not None and fewest * cfg.cpus_per_worker > cpus:
         most = max(1, cpus // cfg.cpus_per_worker)
         raise ConfigError(f"{fewest} worker(s) of {cfg.cpus_per_worker} CPU(s) do not fit: this machine's Ray has "
                           f"{cpus} CPUs: pass --workers {most} (or 1-{cfg.workers}), or --address of a cluster")

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import logging
+import os
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from rrdist import kept
 from rrdist.errors import ConfigError
+from rrdist.monitors import figure_names
 from rrdist.storage import RunFolder, absolute, check_folder, is_uri, join, shown
 from rrdist.tune.records import read_record, read_sweep, sweep_trial, write_record
 from rrdist.tune.halving import read_ledger
@@ -15,15 +20,51 @@ from rrdist.tune.space import EVALUATIONS, SweepSpec, epoch_metric_names, has_ra
 from rrdist.tune.trial import SweepContext, run_trial
 
 EVALUATED = [f"{e}_acc" for e in EVALUATIONS]  # what a finished trial's summary line shows
+TUNE_NEW_OUTPUT = "RAY_AIR_NEW_OUTPUT"  # read by Tune when a run starts: "0" is its older output engine
 
 
-def _summary_callback():
+def _trial_lines(spec: SweepSpec, context: SweepContext):
+    """rrdist's lines of a sweep, in place of Tune's tables: one when a trial starts (or resumes), one per
+    epoch of its run (its epoch, not Tune's iteration count, which a paused trial starts again), and
+    one at its end."""
     from ray import tune
 
-    class TrialSummary(tune.Callback):
-        """One line per finished trial, beside Tune's live table."""
+    # What an epoch line shows besides the loss: the scheduler's figure and the monitors'.
+    figures = list(dict.fromkeys(n for n in (spec.scheduler_settings.get("metric"), *figure_names())
+                                 if n and n != "loss"))
+
+    class TrialLines(tune.Callback):
+        def __init__(self):
+            self.known: dict[str, tuple[str, int | None]] = {}
+
+        def name(self, trial) -> tuple[str, int | None]:
+            """The trial's name in the sweep (its run folder's: `K=2,seed=0`) and its epochs."""
+            if trial.trial_id not in self.known:
+                try:
+                    t = sweep_trial(spec, trial.config, trial.trial_id, context.sweep_dir, context.root,
+                                    context.data_uri)
+                    self.known[trial.trial_id] = (t.name, t.config.epochs)
+                except Exception:  # not a trial of this space: Tune's name
+                    return trial.trial_id, None
+            return self.known[trial.trial_id]
+
+        def on_trial_start(self, iteration, trials, trial, **info):
+            name, epochs = self.name(trial)
+            done = (trial.last_result or {}).get("epoch")
+            print(f"[rrdist] trial {name} " + (f"resumed after epoch {done}" if done else "started")
+                  + (f" ({epochs} epochs)" if epochs else ""), flush=True)
+
+        def on_trial_result(self, iteration, trials, trial, result, **info):
+            epoch = result.get("epoch")
+            if "reused" in result or "halted" in result or not isinstance(epoch, (int, float)):
+                return  # its evaluations (shown at its end), or the scheduler's pause
+            name, epochs = self.name(trial)
+            shown = " ".join(f"{k} {result[k]:.4g}" for k in ("loss", *figures) if isinstance(result.get(k), float))
+            print(f"[rrdist] trial {name} epoch {int(epoch)}" + (f"/{epochs}" if epochs else "")
+                  + (f" {shown}" if shown else ""), flush=True)
 
         def on_trial_complete(self, iteration, trials, trial, **info):
+            name, _ = self.name(trial)
             r = trial.last_result or {}
             scores = ", ".join(f"{k[:-4]} {100 * v:.2f}%" for k, v in r.items()
                                if k in EVALUATED and isinstance(v, float))
@@ -31,16 +72,41 @@ def _summary_callback():
             loss = r.get("loss")
             loss = f"loss {loss:.4f}" if isinstance(loss, float) else "no training"  # random weights train nothing
             if "reused" not in r:  # ended by the scheduler before its evaluations
-                print(f"[rrdist] trial {trial.trial_id} {trial.config} stopped early by the scheduler at epoch "
-                      f"{r.get('epoch')}: {loss}", flush=True)
+                print(f"[rrdist] trial {name} stopped early by the scheduler at epoch {r.get('epoch')}: {loss}",
+                      flush=True)
                 return
-            print(f"[rrdist] trial {trial.trial_id} {trial.config} finished: {loss}"
-                  f"{', ' + scores if scores else ''}{again}", flush=True)
+            print(f"[rrdist] trial {name} finished: {loss}{', ' + scores if scores else ''}{again}", flush=True)
 
         def on_trial_error(self, iteration, trials, trial, **info):
-            print(f"[rrdist] trial {trial.trial_id} {trial.config} failed; see results.md", flush=True)
+            print(f"[rrdist] trial {self.name(trial)[0]} failed; see results.md", flush=True)
 
-    return TrialSummary()
+    return TrialLines()
+
+
+class _NoRestoreAdvice(logging.Filter):
+    """Tune's "Resume experiment with: Tuner.restore(...)" after a Ctrl-C: rrdist says how (the same command)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Tuner.restore(" not in record.getMessage()
+
+
+@contextmanager
+def _tune_output_off():
+    """Tune's own output off while a sweep runs: with verbose=0 its older output engine prints nothing
+    (the newer one, Ray's default, still prints its settings box, its results folder and a last status
+    table); its warnings and errors still show, but for its advice on resuming."""
+    before = os.environ.get(TUNE_NEW_OUTPUT)
+    os.environ[TUNE_NEW_OUTPUT] = "0"
+    advice = _NoRestoreAdvice()
+    logging.getLogger("ray.tune.tune").addFilter(advice)
+    try:
+        yield
+    finally:
+        logging.getLogger("ray.tune.tune").removeFilter(advice)
+        if before is None:
+            os.environ.pop(TUNE_NEW_OUTPUT, None)
+        else:
+            os.environ[TUNE_NEW_OUTPUT] = before
 
 
 def _scheduler(spec: SweepSpec, sweep_dir: str):
@@ -139,14 +205,18 @@ def run_sweep(space: str | Path, root: str, out: str | Path = "runs/sweeps", add
     folder = RunFolder(sweep_dir)
     root, data_uri = str(Path(root).expanduser().resolve()), absolute(data_uri or "") or None
     sweep = {"spec": spec.to_dict(), "root": root}
+    check_trials_fit(spec, address)
     check_sweep_folder(folder, sweep, resume)
     read_ledger(folder)  # the halving decisions a resume continues from, if any
+    kept.check(folder, *tune_state(folder))
     prepare_data(spec, root, data_uri, log)
     folder.write_text("sweep.yaml", yaml.safe_dump(sweep, sort_keys=False))
     init_ray(address)
     scheduler = _scheduler(spec, sweep_dir)
     context = SweepContext(spec.to_dict(), sweep_dir, root, data_uri)
-    results = build_tuner(spec, scheduler, folder, RunFolder(out), context, log).fit()
+    tuner = build_tuner(spec, scheduler, folder, RunFolder(out), context, log)
+    with _tune_output_off():
+        results = tuner.fit()
     interrupted = _record_unfinished(sweep_dir, spec, results, root, data_uri)
     log(write_report(sweep_dir))
     if interrupted:
@@ -157,6 +227,19 @@ def run_sweep(space: str | Path, root: str, out: str | Path = "runs/sweeps", add
     if interrupted:  # Tune swallowed the Ctrl-C to end the trials cleanly; the caller still sees it
         raise KeyboardInterrupt(f"{len(interrupted)} trial(s) interrupted")
     return sweep_dir if folder.remote else Path(sweep_dir)
+
+
+def check_trials_fit(spec: SweepSpec, address: str | None) -> None:
+    """A trial's worker group must fit in a private local Ray, or the trial would wait for it forever."""
+    from rrdist.train.trainer import local_cpus
+
+    cpus = local_cpus(address)
+    workers = int(spec.trial.get("min_workers") or spec.trial.get("workers", 1))
+    each = int(spec.trial.get("cpus_per_worker", 1))
+    if cpus is not None and workers * each > cpus:
+        raise ConfigError(f"a trial's {workers} worker(s) of {each} CPU(s) do not fit: this machine's Ray has {cpus} "
+                          f"CPUs: set the space's trial workers to {max(1, cpus // each)} or fewer, or pass --address "
+                          f"of a cluster")
 
 
 def check_sweep_folder(folder: RunFolder, sweep: dict[str, Any], resume: bool) -> None:
@@ -182,18 +265,41 @@ def prepare_data(spec: SweepSpec, root: str, data_uri: str | None, log) -> None:
             ensure_prepared(dataset, root, log=log)
 
 
+TUNE_STATE_FIX = ("restore it, or remove the Tune files at the top of the sweep folder (tuner.pkl, *state-*.json): "
+                  "a new Tune run then reuses every finished trial and resumes the others from their checkpoints")
+
+
+def _whole_pickle(data: bytes) -> bytes:
+    if not (data[:1] == b"\x80" and data[-1:] == b"."):  # a pickle's protocol mark and its STOP
+        raise ValueError("not a whole pickle: cut short?")
+    return data
+
+
+def tune_state(folder: RunFolder) -> list[kept.Kept]:
+    """The files Tune reads back when it restores a sweep (its own format: checked for being whole)."""
+    return [kept.Kept(name, _whole_pickle if name.endswith(".pkl") else kept.json_of, TUNE_STATE_FIX)
+            for name in folder.files() if name == "tuner.pkl" or name.endswith(".json") and "state-" in name]
+
+
 def build_tuner(spec: SweepSpec, scheduler, folder: RunFolder, parent: RunFolder, context: SweepContext, log):
     """A new Tuner over the space, or the restored one of an interrupted sweep in `folder`."""
     from ray import tune
 
     trainable = tune.with_resources(tune.with_parameters(run_trial, context=context),
-                                    {"cpu": 0.01})  # a trial's driver mostly waits on its Train workers
+                                    # a trial's driver mostly waits on its Train workers: no CPU of its own, so
+                                    # that trials of all the machine's CPUs fit (a request must hold something)
+                                    {"cpu": 0, "memory": 1})
     # Tune's own state (for restoring) goes beside the trials, through the bucket's filesystem at a URI.
     tune_fs = {"storage_filesystem": folder.fs} if folder.remote else {}
     if tune.Tuner.can_restore(folder.path, **tune_fs):
         log(f"resuming the sweep in {folder}: finished trials are kept, interrupted ones continue")
-        return tune.Tuner.restore(folder.path, trainable=trainable, resume_unfinished=True, resume_errored=True,
-                                  **tune_fs)
+        tuner = tune.Tuner.restore(folder.path, trainable=trainable, resume_unfinished=True, resume_errored=True,
+                                   **tune_fs)
+        # The saved run settings carry the output of the rrdist that started the sweep: this one's instead.
+        run_config = tuner._local_tuner.get_run_config() if hasattr(tuner, "_local_tuner") else None
+        if run_config is not None:
+            run_config.verbose, run_config.callbacks = 0, [_trial_lines(spec, context)]
+        return tuner
     log(f"sweep {spec.name}: {spec.trial_count()} trials -> {folder}")
     # Synchronous halving holds every trial at once (paused ones count as live for Tune's limit) and
     # starts them itself, `concurrency` at a time. A pause must end the trial's process, and with it
@@ -205,5 +311,5 @@ def build_tuner(spec: SweepSpec, scheduler, folder: RunFolder, parent: RunFolder
         # loaders) serves the next trial: about 10 s less per trial.
         tune_config=tune.TuneConfig(num_samples=spec.samples, scheduler=scheduler, reuse_actors=not halving,
                                     max_concurrent_trials=None if halving else spec.concurrency or None),
-        run_config=tune.RunConfig(name=spec.name, **parent.ray_storage(), callbacks=[_summary_callback()],
-                                  failure_config=tune.FailureConfig(max_failures=0)))
+        run_config=tune.RunConfig(name=spec.name, **parent.ray_storage(), callbacks=[_trial_lines(spec, context)],
+                                  verbose=0, failure_config=tune.FailureConfig(max_failures=0)))

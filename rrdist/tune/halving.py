@@ -90,7 +90,7 @@ EVENTS = ("paused", "resumed", "stopped", "completed")
 SHAPE = {"metric": str, "mode": kept.OneOf("min", "max"), "rungs": [int], "judge": kept.OneOf(*JUDGES),
          "reduction_factor": kept.Number, "values": kept.Each(str, kept.Each((int, str), kept.Number)),
          "events": [{"trial": str, "event": kept.OneOf(*EVENTS)}],
-         "end?": kept.OneOf(True)}  # written last: a file cut short lacks it (files of rrdist 0.1.0 lack it too)
+         "end": kept.OneOf(True)}  # written last: a file cut short lacks it
 
 
 def parse_ledger(data: bytes) -> dict[str, Any]:

@@ -47,9 +47,10 @@ def load_sweep(folder: RunFolder) -> tuple[dict[str, Any], list[dict[str, Any]]]
     return sweep, trials
 
 
-def _mean_std(values: list[float]) -> tuple[float, float]:
+def _mean_std(values: list[float]) -> tuple[float, float, int]:
+    """Mean, sample std (0.0 for one value: no spread to show) and how many values."""
     arr = np.asarray(values, dtype=float)
-    return float(arr.mean()), float(arr.std(ddof=1)) if len(arr) > 1 else 0.0
+    return float(arr.mean()), float(arr.std(ddof=1)) if len(arr) > 1 else 0.0, len(arr)
 
 
 def _paper(evaluation: str, config: dict[str, Any]) -> tuple[float, float, str] | None:
@@ -105,8 +106,13 @@ def summarize(sweep: dict[str, Any], trials: list[dict[str, Any]]) -> list[dict[
     return rows
 
 
-def _cell(value: tuple[float, float] | None, digits: int = 2) -> str:
-    return "—" if value is None else f"{value[0]:.{digits}f} ± {value[1]:.{digits}f}"
+def _cell(value: tuple[float, float, int] | None, digits: int = 2) -> str:
+    """`mean ± std` over several seeds; one seed's value alone (one value has no spread)."""
+    if value is None:
+        return "—"
+    if value[2] < 2:
+        return f"{value[0]:.{digits}f}"
+    return f"{value[0]:.{digits}f} ± {value[1]:.{digits}f}"
 
 
 def render(sweep: dict[str, Any], rows: list[dict[str, Any]], trials: list[dict[str, Any]],
@@ -117,7 +123,8 @@ def render(sweep: dict[str, Any], rows: list[dict[str, Any]], trials: list[dict[
     head = axes + [h for e in evaluations for h in (f"{e} acc % (mean ± std)", "paper")] + ["seeds", "loss", "status"]
     lines = [f"# Sweep {spec['name']}", "",
              f"Fixed: {fixed or '(none)'}; seeds {spec['seeds']}; data root {sweep['root']}.",
-             "Accuracy in %, mean ± sample std over seeds; 'paper' is the paper's mean ± std (and table).", "",
+             "Accuracy in %, mean ± sample std over the seeds done (one seed: its value alone); "
+             "'paper' is the paper's mean ± std (and table).", "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in rows:
         cells = [str(row[a]) for a in axes]
