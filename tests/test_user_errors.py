@@ -256,6 +256,16 @@ def test_an_evaluation_of_other_settings_keeps_the_earlier_result(world, capsys)
     assert sorted(p.name for p in (run / "eval").glob("linear-*.json")) == sorted(["linear-trained-digits.json", other.name])
 
 
+def test_a_damaged_result_is_kept_beside_the_new_one(world, capsys):
+    run = damaged_copy(world, "damaged-result")
+    (run / "eval" / "linear-trained-digits.json").write_bytes(b'{"settings": {"epo')
+    before = set((run / "eval").glob("linear-trained-digits-*.json"))
+    assert main(["evaluate", "linear", "--run", str(run), "--epochs", "2"]) == 0
+    assert (run / "eval" / "linear-trained-digits.json").read_bytes() == b'{"settings": {"epo'  # for its owner to restore
+    (new,) = set((run / "eval").glob("linear-trained-digits-*.json")) - before
+    assert json.loads(new.read_text())["settings"]["epochs"] == 2
+
+
 def damaged_copy(world, name: str) -> Path:
     copy = world["base"] / name
     if copy.exists():

@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from rrdist import kept
 from rrdist.errors import ConfigError
 
 
@@ -51,14 +52,17 @@ def positive(values: dict[str, Any]) -> None:
 
 
 def result_stem(run_dir: Path, stem: str, settings: dict[str, Any]) -> str:
-    """The name (without extension) of an evaluation's files in <run>/eval: `stem`, unless a readable
-    result of other settings already has it; then `stem-<digest of these settings>`."""
+    """The name (without extension) of an evaluation's files in <run>/eval: `stem`, unless a result of
+    other settings already has it, or a damaged file that may be restored; then `stem-<digest of these
+    settings>`, so that nothing there is overwritten."""
     path = Path(run_dir) / "eval" / f"{stem}.json"
     wanted = json.loads(json.dumps(settings))
+    if not path.is_file():
+        return stem
     try:
-        saved = json.loads(path.read_text()).get("settings") if path.is_file() else None
-    except (OSError, ValueError, AttributeError):
-        saved = None  # an unreadable result is no result: it is replaced
-    if saved is None or saved == wanted:
+        saved = kept.json_of(path.read_bytes(), {"settings": dict})["settings"]
+    except (OSError, ValueError):
+        saved = None
+    if saved == wanted:
         return stem
     return f"{stem}-{hashlib.sha256(json.dumps(wanted, sort_keys=True).encode()).hexdigest()[:8]}"
