@@ -330,6 +330,7 @@ def test_a_damaged_sweep_folder_is_one_line_for_report_and_resume(world, capsys,
 
 
 @pytest.mark.parametrize("name,data,why", [("tuner.pkl", b"\x80\x05\x95 cut", "not a whole pickle"),
+                                           ("basic-variant-state-2026-12-01_10-00-00.json", b"\x80\x05\x95", "not a whole"),
                                            ("experiment_state-2026-12-01_10-00-00.json", b'{"trial_data": [', "not JSON")])
 def test_damaged_tune_state_is_one_line_for_a_resume(world, capsys, name, data, why):
     """Tune reads its own files back when a sweep resumes: each is checked to be whole first."""

@@ -277,8 +277,11 @@ def _whole_pickle(data: bytes) -> bytes:
 
 def tune_state(folder: RunFolder) -> list[kept.Kept]:
     """The files Tune reads back when it restores a sweep (its own format: checked for being whole)."""
-    return [kept.Kept(name, _whole_pickle if name.endswith(".pkl") else kept.json_of, TUNE_STATE_FIX)
-            for name in folder.files() if name == "tuner.pkl" or name.endswith(".json") and "state-" in name]
+    # experiment_state-*.json is JSON; basic-variant-state-*.json is, despite its name, a pickle
+    pickles = [n for n in folder.files() if n == "tuner.pkl" or n.startswith("basic-variant-state-")]
+    states = [n for n in folder.files() if n.startswith("experiment_state-") and n.endswith(".json")]
+    return [kept.Kept(n, _whole_pickle, TUNE_STATE_FIX) for n in pickles] + \
+        [kept.Kept(n, kept.json_of, TUNE_STATE_FIX) for n in states]
 
 
 def build_tuner(spec: SweepSpec, scheduler, folder: RunFolder, parent: RunFolder, context: SweepContext, log):
