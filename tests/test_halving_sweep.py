@@ -36,6 +36,37 @@ def step_losses(trace: Path, epochs: int) -> dict[tuple[int, int], float]:
             for s in json.loads((trace / f"epoch{e}-rank0.json").read_text())}
 
 
+def assert_no_step_past(run: Path, rung: int) -> None:
+    """The run's last step is its rung epoch's last (rank 0's position line), and it holds no checkpoint
+    inside the next epoch."""
+    from rrdist.train.position import read_position
+
+    position = read_position(run)
+    assert position is not None and position["epoch"] == rung - 1, position  # epochs count from 0 there
+    assert not list((run / "train").glob(f"epoch_{rung:04d}_step_*")), sorted((run / "train").iterdir())
+
+
+@pytest.mark.usefixtures("ray_session")
+def test_a_run_told_to_pause_ends_at_that_epoch_with_its_checkpoint(tmp_path, digits_root):
+    """What a rung asks of a trial's Train run: end after the rung epoch and its checkpoint, before a
+    step of the next epoch, whatever the epoch's length; run again, it continues from there."""
+    from rrdist.methods import make_config
+    from rrdist.train.trainer import RungReached, pretrain
+
+    run = tmp_path / "run"
+    cfg = make_config(dataset="digits", root=str(digits_root), K=2, epochs=3, batch_size=64, checkpoint_every=5,
+                      check_every=1000, out=str(run))
+    with pytest.raises(RungReached) as reached:
+        pretrain(cfg, pause_epoch=1, log=lambda *a: None)
+    assert reached.value.epoch == 1
+    assert [m["epoch"] for m in epoch_lines(run)] == [1] and (run / "train" / "epoch_0001" / "state.pt").is_file()
+    assert_no_step_past(run, rung=1)
+    first = epoch_lines(run)[0]
+    pretrain(cfg, pause_epoch=3, log=lambda *a: None)  # its last epoch: no pause there
+    lines = epoch_lines(run)
+    assert [m["epoch"] for m in lines] == [1, 2, 3] and lines[0] == first
+
+
 @pytest.mark.usefixtures("ray_session")
 def test_paused_trials_survive_ctrl_c_and_resume_as_if_never_paused(tmp_path, digits_root, monkeypatch):
     import ray
@@ -75,6 +106,8 @@ def test_paused_trials_survive_ctrl_c_and_resume_as_if_never_paused(tmp_path, di
     assert {t["status"] for t in records(sweep_dir).values()} == {"interrupted"}
     waited = {name: epoch_lines(sweep_dir / "trials" / name) for name in paused}
     assert all([m["epoch"] for m in lines] == [1] for lines in waited.values()), waited
+    for name in paused:  # each ended at the rung by itself: not a step of epoch 2, however short the epochs
+        assert_no_step_past(sweep_dir / "trials" / name, rung=1)
 
     again = subprocess.run(cmd + ["--resume"], env=env, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-2000:]
@@ -89,6 +122,7 @@ def test_paused_trials_survive_ctrl_c_and_resume_as_if_never_paused(tmp_path, di
     worst = max(after["values"], key=lambda n: after["values"][n][1])
     assert status[worst] == "stopped" and trials[worst]["epoch"] == 1
     assert [m["epoch"] for m in epoch_lines(sweep_dir / "trials" / worst)] == [1]
+    assert_no_step_past(sweep_dir / "trials" / worst, rung=1)
     resumed = [n for n in paused if status[n] == "completed"]
     assert resumed, "one of the two waiting trials is among the best two"
 

@@ -16,7 +16,7 @@ from rrdist.storage import RunFolder
 from rrdist.train.step import EpochSums
 
 FAILURE_FILE = "failure.json"  # a failure no restart can fix, for the driver to report
-FAILURE = kept.Kept(FAILURE_FILE, lambda data: kept.json_of(data, {"error": str}),
+FAILURE = kept.Kept(FAILURE_FILE, lambda data: kept.json_of(data, {"error": str, "paused?": int}),
                     "remove it (it only holds the last run's error)")
 
 
@@ -54,11 +54,13 @@ def epoch_metrics(sums: EpochSums, elapsed: float, world: int, epoch: int) -> tu
     return metrics, totals["nonfinite"] == 0
 
 
-def record_failure(run: RunFolder, rank: int, message: str) -> None:
-    """A failure no restart of the workers can fix: rank 0 leaves it for the driver, which reports it
-    in one line; the workers then end normally, so Ray Train does not restart them."""
+def record_failure(run: RunFolder, rank: int, message: str, paused: int | None = None) -> None:
+    """A failure no restart of the workers can fix, or (PAUSED) the end of the run at a sweep's rung
+    epoch: rank 0 leaves it for the driver, which reports it in one line (or pauses the trial); the
+    workers then end normally, so Ray Train does not restart them."""
     if rank == 0:
-        run.write_text(FAILURE_FILE, json.dumps({"error": message.replace(MARKER, "")}))
+        run.write_text(FAILURE_FILE, json.dumps({"error": message.replace(MARKER, ""),
+                                                 **({"paused": paused} if paused is not None else {})}))
 
 
 class EpochLog:

@@ -71,11 +71,15 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         worker.log.write(metrics)
         if epoch == 0:
             worker.log.show_views(worker.batches.sample, data.mean, data.std)
-        due = (epoch + 1) % cfg.checkpoint_every == 0 or epoch + 1 == cfg.epochs
+        pause = epoch + 1 == loop_config.get("pause_epoch") and epoch + 1 < cfg.epochs
+        due = (epoch + 1) % cfg.checkpoint_every == 0 or epoch + 1 == cfg.epochs or pause
         report(metrics, worker.state(epoch + 1) if due else None, rank, checkpoint_name(epoch + 1, worker.taken))
         if due:
             worker.interruptions.saved()
         saved = due
+        if pause:  # a sweep's rung: end here, with its checkpoint, before a step of the next epoch
+            worker.close()
+            return record_failure(run, rank, f"paused at the rung after epoch {epoch + 1}", paused=epoch + 1)
     WATCHING.clear()
     worker.log.close()
     worker.close()

@@ -93,10 +93,20 @@ class PretrainResult:
     resumed: bool
 
 
+class RungReached(Exception):
+    """The run ended, with a checkpoint, at the epoch it was told to pause at (a sweep's rung)."""
+
+    def __init__(self, epoch: int) -> None:
+        super().__init__(f"paused at the rung after epoch {epoch}")
+        self.epoch = epoch
+
+
 def pretrain(cfg: PretrainConfig, address: str | None = None, log=print, callbacks: list | None = None,
-             stop_file: str | None = None) -> PretrainResult:
+             stop_file: str | None = None, pause_epoch: int | None = None) -> PretrainResult:
     """Fit one pretraining run; `callbacks` are Ray Train callbacks (a Tune trial passes TuneReportCallback);
-    `stop_file`: once it exists the workers checkpoint and end the run (as with $RRDIST_STOP_FILE)."""
+    `stop_file`: once it exists the workers checkpoint and end the run (as with $RRDIST_STOP_FILE);
+    `pause_epoch`: the workers end the run after that epoch and its checkpoint (RungReached), unless it
+    is the last."""
     cfg.validate()
     if not is_uri(cfg.out):
         check_folder(cfg.out, "--out")
@@ -110,12 +120,14 @@ def pretrain(cfg: PretrainConfig, address: str | None = None, log=print, callbac
     if not resumed:  # a resume's settings replace the saved ones once its workers have started (loop.py)
         run.write_text(CONFIG_FILE, cfg.to_yaml())
     init_ray(address)
-    trainer = build_trainer(cfg, run, data, callbacks or [], stop_file)
+    trainer = build_trainer(cfg, run, data, callbacks or [], stop_file, pause_epoch)
     own = ", ".join(f"{k}={v}" for k, v in dataclasses.asdict(cfg.settings).items())
     workers = f"{cfg.min_workers}-{cfg.workers}" if cfg.min_workers else str(cfg.workers)
     log(f"pretraining {cfg.method}/{cfg.backbone} on {cfg.dataset} ({own}), {workers} worker(s) -> {run}")
     result = fit(trainer)
     failure = kept.read(run, FAILURE)
+    if failure is not None and "paused" in failure:
+        raise RungReached(failure["paused"])
     if failure is not None:
         raise TrainingError(failure["error"])
     run.pull("config.yaml", "metrics.jsonl", BACKBONE_FILE)  # a run at a URI: evaluations read the working copy
@@ -172,7 +184,8 @@ def worker_data(cfg: PretrainConfig, log=print) -> WorkerData:
     return data
 
 
-def build_trainer(cfg: PretrainConfig, run: RunFolder, data: WorkerData, callbacks: list, stop_file: str | None = None):
+def build_trainer(cfg: PretrainConfig, run: RunFolder, data: WorkerData, callbacks: list, stop_file: str | None = None,
+                  pause_epoch: int | None = None):
     """The TorchTrainer of a run: its workers, their resources, checkpoints kept and restarts allowed."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
@@ -187,6 +200,7 @@ def build_trainer(cfg: PretrainConfig, run: RunFolder, data: WorkerData, callbac
         "trace": absolute(os.environ.get("RRDIST_TRACE", "").replace("{run}", run.location.rstrip("/").rsplit("/", 1)[-1])) or None,
         # requests to checkpoint and end: the caller's (a sweep's pause) and a batch job's
         "stop_file": stop_file,
+        "pause_epoch": pause_epoch,  # a sweep's rung: the run ends after this epoch
     }
     gpus = {"GPU": cfg.gpus_per_worker} if cfg.use_gpu else {}
     return TorchTrainer(

@@ -86,6 +86,13 @@ def halt_file(sweep_dir: str, trial: str) -> str | None:
     return None if is_uri(sweep_dir) else f"{sweep_dir}/trials/{trial}/.halt"
 
 
+# Where a trial's Train run is to end, written by the scheduler before it starts or resumes the trial:
+# the workers end the run after that epoch and its checkpoint, so a trial never trains a step past a
+# rung while it waits there, however short its epochs (null: it trains to its last epoch).
+RUNG = kept.Kept(".rung", lambda data: kept.json_of(data, {"pause_epoch": (int, type(None))}),
+                 "remove it: the scheduler writes it again when it starts the trial")
+
+
 EVENTS = ("paused", "resumed", "stopped", "completed")
 SHAPE = {"metric": str, "mode": kept.OneOf("min", "max"), "rungs": [int], "judge": kept.OneOf(*JUDGES),
          "reduction_factor": kept.Number, "values": kept.Each(str, kept.Each((int, str), kept.Number)),

@@ -19,8 +19,8 @@ import yaml
 from ray.tune.experiment import Trial
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 
-from rrdist.storage import RunFolder
-from rrdist.tune.halving import LEDGER, Fate, halt_file, plan, read_ledger, rungs
+from rrdist.storage import RunFolder, join
+from rrdist.tune.halving import LEDGER, RUNG, Fate, halt_file, plan, read_ledger, rungs
 from rrdist.tune.records import trial_name
 
 
@@ -142,6 +142,10 @@ class SynchronousHalving(FIFOScheduler):
         self._save()
         return TrialScheduler.PAUSE  # promoted meanwhile: choose_trial_to_run starts it again
 
+    def _set_pause(self, name: str, epoch: int | None) -> None:
+        """Where the trial's Train run ends this time: at the rung it trains to (None: at its end)."""
+        RunFolder(join(self.sweep_dir, "trials", name)).write_text(RUNG.name, json.dumps({"pause_epoch": epoch}))
+
     def _ask_to_halt(self, name: str) -> bool:
         """Ask the trial's Train run to checkpoint and end, so that Tune ends a trial with no training
         in flight (its workers' resources freed by Ray Train itself); False where no file can ask."""
@@ -176,6 +180,7 @@ class SynchronousHalving(FIFOScheduler):
                 if self._reached(name):
                     self._event(name, "resumed", rung=max(self.values[name]))
                     self._save()
+                self._set_pause(name, fate.rung)
                 return trial
         return None
 

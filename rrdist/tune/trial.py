@@ -10,9 +10,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from rrdist import kept
 from rrdist.monitors import MONITORS, adopt
-from rrdist.storage import working_copy
-from rrdist.tune.halving import halt_file
+from rrdist.storage import RunFolder, working_copy
+from rrdist.tune.halving import RUNG, halt_file
 from rrdist.tune.records import read_record, sweep_trial, write_record
 
 
@@ -58,8 +59,8 @@ def epoch_reports():
 
 
 def wait_to_be_paused(run_dir: str, timeout_s: float = 600.0) -> None:
-    """Tell the scheduler that the Train run has ended at its request, then wait for Tune to pause
-    (or stop) this trial: the trial's process ends there, and a resume starts it again."""
+    """Tell the scheduler that the Train run has ended at its rung (or at its request), then wait for
+    Tune to pause (or stop) this trial: the trial's process ends there, and a resume starts it again."""
     import threading
 
     from ray import tune
@@ -77,7 +78,7 @@ def run_trial(params: dict[str, Any], context: SweepContext) -> None:
     from ray.exceptions import RayActorError
 
     from rrdist.errors import find_user_message, first_line
-    from rrdist.train.trainer import pretrain
+    from rrdist.train.trainer import RungReached, pretrain
     from rrdist.tune.space import parse
 
     adopt(context.monitors)  # before the space is read: it may name their settings and figures
@@ -90,15 +91,19 @@ def run_trial(params: dict[str, Any], context: SweepContext) -> None:
     if saved and saved.get("status") == "completed" and saved.get("config") == cfg.to_dict():
         tune.report({**saved["metrics"], "reused": 1})  # finished before an interruption: not re-run
         return
-    halt = halt_file(context.sweep_dir, trial.name) if spec.scheduler_kind == "hyperband" else None
+    halving = spec.scheduler_kind == "hyperband"
+    halt = halt_file(context.sweep_dir, trial.name) if halving else None
     if halt:
         Path(halt).unlink(missing_ok=True)  # the request of an earlier pause, carried out: this is the resume
+    pause = (kept.read(RunFolder(run_dir), RUNG) or {}).get("pause_epoch") if halving else None
     try:
-        result = pretrain(cfg, callbacks=[epoch_reports()], stop_file=halt)
+        result = pretrain(cfg, callbacks=[epoch_reports()], stop_file=halt, pause_epoch=pause)
         metrics = dict(result.metrics)  # the last epoch's: loss, the method's figures, monitors, speed
         with working_copy(run_dir, pull=(), push=("eval", "tb")) as local:  # pretrain fetched the backbone
             for evaluation, settings in spec.evaluations.items():
                 metrics[f"{evaluation}_acc"] = run_evaluation(local, evaluation, settings)
+    except RungReached:  # the workers ended the run at its rung, with that epoch's checkpoint
+        wait_to_be_paused(run_dir)
     except RayActorError:
         # Its Train run died with it: Tune is ending this trial (the scheduler stopped it, or the
         # sweep was interrupted), and the driver records how; a record here could land after that one.
