@@ -257,7 +257,7 @@ def write_report(sweep_dir: str | Path) -> str:
         for e in evaluations:
             mean_std, paper = row[e], row[f"{e}_paper"]
             item.update({f"{e}_mean": None if mean_std is None else round(mean_std[0], 3),
-                         f"{e}_std": None if mean_std is None else round(mean_std[1], 3),
+                         f"{e}_std": None if mean_std is None or mean_std[2] < 2 else round(mean_std[1], 3),
                          f"{e}_paper_mean": paper[0] if paper else None, f"{e}_paper_std": paper[1] if paper else None,
                          f"{e}_paper_table": paper[2] if paper else None})
         item.update({"seeds_done": row["seeds_done"], **{k: len(row[k]) for k in COUNTS}})
