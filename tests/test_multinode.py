@@ -186,7 +186,7 @@ def test_two_nodes_run_a_submitted_pretraining_with_token_auth(cluster, digits_r
                 env=client_env(RAY_AUTH_TOKEN_PATH=str(cluster["token"])))
     assert ok.returncode == 0, ok.stdout[-4000:] + ok.stderr[-2000:]
     assert "SUCCEEDED" in ok.stderr and "epoch 1/1" in ok.stdout and (out / "backbone.pt").is_file()
-    assert f"ip={NODE_IP}" in ok.stdout  # a training worker ran on the second node
+    assert "2 workers on 2 node(s):" in ok.stdout and f"{NODE_IP} (rank " in ok.stdout  # one ran on the second node
 
     # The second node ran the code it was sent: its unpacked working directory holds rrdist/data.
     shipped = list((base / "node2").glob("session_*/runtime_resources/working_dir_files/*/rrdist/data/staging.py"))

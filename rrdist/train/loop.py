@@ -53,6 +53,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     worker = Worker(cfg, run, data, training, rank, world, device, hook, loop_config.get("stop_file"))
     method, start = training.method, training.start_epoch
     announce(cfg, method, start, training.start_step, rank)
+    announce_nodes(rank, world, device)
     worker.log_restart()
     WATCHING.set()  # SIGTERM now asks for a checkpoint and a stop
     saved = True  # the run starts from its checkpoint (or from nothing)
@@ -192,6 +193,27 @@ def stage_data(data: WorkerData, rank: int) -> None:
         from rrdist.data.staging import stage
 
         stage(data.uri, data.dataset, data.root, log=print if rank == 0 else (lambda *a: None))
+
+
+def announce_nodes(rank: int, world: int, device: torch.device) -> None:
+    """One line of where the workers run (Ray Train's own lines about it stay out of the terminal): a
+    gather of each worker's node address, once per start of the group."""
+    if world == 1:
+        return
+    from ray.util import get_node_ip_address
+
+    mine = torch.zeros(64, dtype=torch.uint8, device=device)
+    address = get_node_ip_address().encode()[:64]
+    mine[:len(address)] = torch.tensor(list(address), dtype=torch.uint8, device=device)
+    every = [torch.empty_like(mine) for _ in range(world)]
+    torch.distributed.all_gather(every, mine)
+    if rank != 0:
+        return
+    nodes: dict[str, list[int]] = {}
+    for r, t in enumerate(every):
+        nodes.setdefault(bytes(t.cpu().tolist()).rstrip(b"\0").decode(), []).append(r)
+    print(f"{world} workers on {len(nodes)} node(s): " + ", ".join(
+        f"{node} (rank{'s' if len(ranks) > 1 else ''} {', '.join(map(str, ranks))})" for node, ranks in nodes.items()))
 
 
 def announce(cfg, method, start: int, step: int, rank: int) -> None:
