@@ -199,9 +199,9 @@ def working_copy(location: str | os.PathLike, pull: tuple[str, ...], push: tuple
     if not run.remote:
         yield run.local
         return
-    if run.read_bytes("config.yaml") is None:
+    if run.read_bytes(CONFIG_FILE) is None:
         raise DataError(f"{run} is not a run folder (no config.yaml): pass the --out of `rrdist pretrain`")
-    run.pull("config.yaml", *pull)
+    run.pull(CONFIG_FILE, *pull)
     before = _file_stamps(run.local, push)
     yield run.local
     after = _file_stamps(run.local, push)

@@ -13,6 +13,7 @@ from rrdist import atomic
 from rrdist.eval.results import evaluation_device
 from rrdist.config import PretrainConfig
 from rrdist.errors import DataError
+from rrdist.storage import CONFIG_FILE
 
 CACHE_FORMAT = 2  # bump when extraction changes, so older caches are recomputed
 
@@ -25,7 +26,7 @@ def load_backbone(run_dir: Path, init: str) -> tuple[torch.nn.Module, PretrainCo
     from rrdist.models import build_backbone
     from rrdist.models.backbone_file import BACKBONE_FILE, load_backbone_file
 
-    config_file = run_dir / "config.yaml"
+    config_file = run_dir / CONFIG_FILE
     if not config_file.is_file():
         raise DataError(f"{run_dir} is not a run folder (no config.yaml): pass the --out folder of `rrdist pretrain`")
     cfg = PretrainConfig.shared_from_yaml(config_file)  # the method's own settings are not needed here

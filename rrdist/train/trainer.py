@@ -130,7 +130,7 @@ def pretrain(cfg: PretrainConfig, address: str | None = None, log=print, callbac
         raise RungReached(failure["paused"])
     if failure is not None:
         raise TrainingError(failure["error"])
-    run.pull("config.yaml", "metrics.jsonl", BACKBONE_FILE)  # a run at a URI: evaluations read the working copy
+    run.pull(CONFIG_FILE, METRICS.name, BACKBONE_FILE)  # a run at a URI: evaluations read the working copy
     return PretrainResult(run.local, last_metrics(run.local) or dict(result.metrics or {}), resumed)
 
 
