@@ -18,6 +18,7 @@ import os
 import signal
 from pathlib import Path
 
+from rrdist import startup
 from rrdist.train.batches import Batch
 
 
@@ -60,4 +61,5 @@ class StepHook:
         marker = self.run_dir / ".fault-kill-worker"
         if (int(rank), int(epoch), int(at)) == (self.rank, self.epoch, step) and not marker.exists():
             marker.write_text(f"rank {self.rank} got {kind} in epoch {self.epoch} at step {step}\n")
+            startup.mark("killed", rank=self.rank)
             os.kill(os.getpid(), signal.SIGKILL if kind == "kill-worker" else signal.SIGTERM)

@@ -9,6 +9,7 @@ import ray.train
 import ray.train.torch
 import torch
 
+from rrdist import startup
 from rrdist.collective import set_global_batch
 from rrdist.config import PretrainConfig
 from rrdist.data.loader import image_loader
@@ -37,12 +38,15 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     cfg, run, data = loop_config["config"], RunFolder(loop_config["run"]), loop_config["data"]
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    name = run.location.rstrip("/").rsplit("/", 1)[-1]
+    startup.start("worker", run=name, rank=rank)
     set_global_batch(cfg.batch_size)  # the shares of every step's global batch (uneven where N does not divide M)
     device = ray.train.torch.get_device() if cfg.use_gpu else torch.device("cpu")
     try:
         training = build_training(cfg, data.num_classes, run, rank, world, device)
     except TrainingError as e:  # no checkpoint to continue from: restarting the workers cannot help
         return record_failure(run, rank, str(e))
+    startup.mark("model", run=name, rank=rank)
     if rank == 0:  # the run has started: its settings (a resume's new --epochs) are the saved ones now
         run.write_text(CONFIG_FILE, cfg.to_yaml())
         run.delete(FAILURE_FILE)
@@ -51,6 +55,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     set_kernel_threads(cfg.cpus_per_worker)
     hook = StepHook.from_loop_config(loop_config, rank, run.local, world)
     worker = Worker(cfg, run, data, training, rank, world, device, hook, loop_config.get("stop_file"))
+    startup.mark("monitors", run=name, rank=rank)
     method, start = training.method, training.start_epoch
     announce(cfg, method, start, training.start_step, rank)
     announce_nodes(rank, world, device)
@@ -80,10 +85,12 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         saved = due
         if pause:  # a sweep's rung: end here, with its checkpoint, before a step of the next epoch
             worker.close()
+            startup.mark("end", run=name, rank=rank)
             return record_failure(run, rank, f"paused at the rung after epoch {epoch + 1}", paused=epoch + 1)
     WATCHING.clear()
     worker.log.close()
     worker.close()
+    startup.mark("end", run=name, rank=rank)
     if rank == 0:
         save_backbone(run.local, method.backbone, cfg.to_dict(), max(cfg.epochs, start) if method.trainable else 0)
         run.push(BACKBONE_FILE, "tb")
@@ -99,6 +106,7 @@ class Worker:
         self.rank, self.world, self.device, self.hook = rank, world, device, hook
         self.batches = view_batches(cfg, data, self.method, rank, world, device, training.start_epoch,
                                     training.start_step)
+        startup.mark("loader", rank=rank)
         context = MonitorContext(self.method.backbone, data, device, cfg.seed, cfg.epochs)
         self.monitors = build_monitors(cfg.monitors, context)
         for name, state in training.monitor_state.items():

@@ -6,6 +6,7 @@ from typing import Iterable, Sequence
 
 import torch
 
+from rrdist import startup
 from rrdist.train.batches import Batch
 
 
@@ -65,12 +66,14 @@ def train_epoch(step: TrainStep, batches: Iterable[Batch], sums: EpochSums, hook
     (`rrdist.train.interruptions`) may checkpoint after a step, or end the epoch there."""
     views = 0
     for i, batch in enumerate(batches, start=first_step):
+        startup.once("first_batch")
         if hook is not None:
             batch = hook.before_step(i, batch)
         loss, metrics = step(batch)
         for monitor in monitors:
             monitor.after_step(batch)
         sums.add(loss, metrics, batch.views.shape[0])
+        startup.once("first_step")
         views += batch.views.shape[0]
         if hook is not None:
             hook.after_step(i, batch, metrics)

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from rrdist import kept
+from rrdist import kept, startup
 from rrdist.config import PretrainConfig
 from rrdist.data.worker_data import WorkerData
 from rrdist.errors import ConfigError, TrainingError, find_user_message
@@ -48,7 +48,7 @@ def init_ray(address: str | None = None) -> None:
     if ray.is_initialized():
         return
     runtime_env = {"worker_process_setup_hook": "rrdist.train.logs.setup_worker_process"}
-    hooks = {k: os.environ[k] for k in ("RRDIST_TRACE",) if os.environ.get(k)}
+    hooks = {k: os.environ[k] for k in ("RRDIST_TRACE", startup.LOG) if os.environ.get(k)}
     if hooks:  # a test hook set for this job reaches the processes that start its runs (sweep trials)
         runtime_env["env_vars"] = hooks
     # Ray's INFO lines in this process ("Started a local Ray instance", "Connected to Ray cluster", Tune's
@@ -124,6 +124,7 @@ def pretrain(cfg: PretrainConfig, address: str | None = None, log=print, callbac
     own = ", ".join(f"{k}={v}" for k, v in dataclasses.asdict(cfg.settings).items())
     workers = f"{cfg.min_workers}-{cfg.workers}" if cfg.min_workers else str(cfg.workers)
     log(f"pretraining {cfg.method}/{cfg.backbone} on {cfg.dataset} ({own}), {workers} worker(s) -> {run}")
+    startup.mark("fit", run=run.location.rstrip("/").rsplit("/", 1)[-1])
     result = fit(trainer)
     failure = kept.read(run, FAILURE)
     if failure is not None and "paused" in failure:

@@ -10,7 +10,7 @@ from typing import Any
 
 import yaml
 
-from rrdist import kept
+from rrdist import kept, startup
 from rrdist.errors import ConfigError
 from rrdist.monitors import figure_names
 from rrdist.storage import RunFolder, absolute, check_folder, is_uri, join, shown
@@ -215,6 +215,7 @@ def run_sweep(space: str | Path, root: str, out: str | Path = "runs/sweeps", add
     scheduler = _scheduler(spec, sweep_dir)
     context = SweepContext(spec.to_dict(), sweep_dir, root, data_uri)
     tuner = build_tuner(spec, scheduler, folder, RunFolder(out), context, log)
+    startup.mark("sweep")
     with _tune_output_off():
         results = tuner.fit()
     interrupted = _record_unfinished(sweep_dir, spec, results, root, data_uri)

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rrdist import kept
+from rrdist import kept, startup
 from rrdist.monitors import MONITORS, adopt
 from rrdist.storage import RunFolder, working_copy
 from rrdist.tune.halving import RUNG, halt_file
@@ -86,6 +86,7 @@ def run_trial(params: dict[str, Any], context: SweepContext) -> None:
     trial = sweep_trial(spec, params, tune.get_context().get_trial_id(), context.sweep_dir, context.root,
                         context.data_uri)
     cfg, run_dir = trial.config.validate(), trial.run_dir
+    startup.mark("trial", run=trial.name)
 
     saved = read_record(run_dir)
     if saved and saved.get("status") == "completed" and saved.get("config") == cfg.to_dict():
