@@ -76,7 +76,10 @@ def starts(lines: list[dict], openers: tuple[str, ...]) -> list[dict]:
     out = []
     workers = [i for i, m in enumerate(lines) if m["phase"] == "worker" and m.get("rank", 0) == 0]
     for i in workers:
-        opened = max((m for m in lines[:i] if m["phase"] in openers and m.get("rank", 0) == 0), key=lambda m: m["t"])
+        opened = max((m for m in lines[:i] if m["phase"] in openers and m.get("rank", 0) == 0), key=lambda m: m["t"],
+                     default=None)
+        if opened is None:
+            continue  # a start before any opener (the run's first, when restarts are asked for)
         run_name = lines[i].get("run")
         trial = [m for m in lines[:i] if m["t"] >= opened["t"] and m["phase"] == "trial" and m.get("run") == run_name]
         fit = [m for m in lines[:i] if m["t"] >= opened["t"] and m["phase"] == "fit" and m.get("run") == run_name]

@@ -36,6 +36,9 @@ def sha256(path: Path) -> str:
 
 
 def _write_split(path: Path, split: Split, num_workers: int) -> None:
+    from rrdist.data.ffcv_import import load_ffcv
+
+    load_ffcv()
     from ffcv.fields import IntField, RGBImageField
     from ffcv.writer import DatasetWriter
 

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from rrdist.data.ffcv_import import load_ffcv
 from rrdist.errors import DataError, first_line
 
 
@@ -42,6 +43,7 @@ def share_of(batch_size: int, rank: int, workers: int) -> tuple[int, int]:
 def _global_batch_traversal(batch_size: int, seed: int, rank: int, workers: int):
     """An FFCV traversal order (FFCV takes an instance and calls it with the loader) that reads
     `global_batch_order`."""
+    load_ffcv()
     from ffcv.traversal_order.base import TraversalOrder
 
     class GlobalBatchOrder(TraversalOrder):
@@ -72,6 +74,7 @@ def image_loader(path: str | Path, batch_size: int, *, train: bool, num_workers:
     With `indices=True` each batch also carries the images' positions in the split (file order);
     `subset` (positions) reads only those images.
     """
+    load_ffcv()
     from ffcv.fields.decoders import IntDecoder, SimpleRGBImageDecoder
     from ffcv.loader import Loader, OrderOption
     from ffcv.transforms import ToDevice, ToTensor
@@ -112,6 +115,7 @@ def image_loader(path: str | Path, batch_size: int, *, train: bool, num_workers:
 
 def split_size(path: str | Path) -> int:
     """The number of images in a .beton."""
+    load_ffcv()
     from ffcv.reader import Reader
 
     return int(Reader(str(path)).num_samples)

@@ -1,0 +1,27 @@
+"""Import FFCV without its one needless compile.
+
+ffcv.fields.rgb_image (imported by every FFCV loader and writer) builds its table of image modes,
+{"jpg": 0, "raw": 1}, as a numba typed Dict when it is imported, which compiles the typed Dict's
+code: 3.7 s in every process that touches FFCV (each training worker, at each start). FFCV only
+ever reads that table from Python (when it generates a decoder's code, and in the writer), where a
+plain dict is the same table; so FFCV is imported with numba's Dict standing in as `dict`. No other
+FFCV module creates a typed Dict (memory_managers/base.py imports the name and never uses it).
+"""
+
+from __future__ import annotations
+
+import sys
+
+
+def load_ffcv() -> None:
+    """Import FFCV's fields (and with them FFCV), once per process, the table as a plain dict."""
+    if "ffcv.fields.rgb_image" in sys.modules:
+        return
+    import numba.typed
+
+    typed_dict = numba.typed.Dict
+    numba.typed.Dict = dict
+    try:
+        import ffcv.fields.rgb_image  # noqa: F401
+    finally:
+        numba.typed.Dict = typed_dict
