@@ -60,9 +60,7 @@ def epoch_reports():
 
 def wait_to_be_paused(run_dir: str, timeout_s: float = 600.0) -> None:
     """Tell the scheduler that the Train run has ended at its rung (or at its request), then wait for
-    Tune to pause (or stop) this trial. The function then ends, so that its process (imports done)
-    can serve the next trial Tune starts; a resume runs the function again."""
-    import sys
+    Tune to pause (or stop) this trial: the trial's process ends there, and a resume starts it again."""
     import threading
 
     from ray import tune
@@ -70,24 +68,9 @@ def wait_to_be_paused(run_dir: str, timeout_s: float = 600.0) -> None:
     from rrdist.train.trainer import last_metrics
 
     tune.report({**(last_metrics(Path(run_dir)) or {}), "halted": 1})
-    ending = tune_ending()
-    if ending is not None and ending.wait(timeout_s):
-        sys.exit(0)  # as Tune's own report does when it ends a function: the thread ends without error
-    if ending is None:  # a Tune without the signal: the process ends with the pause, as Tune then replaces it
-        threading.Event().wait(timeout_s)
+    threading.Event().wait(timeout_s)
     raise RuntimeError(f"the scheduler did not pause the trial in {run_dir} within {timeout_s:.0f} s after its "
                        f"Train run ended at the scheduler's request")
-
-
-def tune_ending():
-    """The event Tune sets when it ends this trial's function (a pause, a stop, or before reusing the
-    process for another trial); None where Tune's session does not have it."""
-    try:
-        from ray.train._internal.session import get_session
-
-        return get_session().stop_event
-    except Exception:  # another Ray's internals
-        return None
 
 
 def run_trial(params: dict[str, Any], context: SweepContext) -> None:
