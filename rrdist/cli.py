@@ -1,4 +1,4 @@
-"""The `rrdist` command: data, pretrain, evaluate, sweep, report, submit, jobs, demo."""
+"""The `rrdist` command: data, pretrain, evaluate, export, sweep, report, submit, jobs, demo."""
 
 from __future__ import annotations
 
@@ -170,6 +170,15 @@ def _tsne(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export(args: argparse.Namespace) -> int:
+    from rrdist.models.portable import export
+
+    path = export(args.run, args.to)
+    print(f"exported {path}, {path.with_suffix('.torchscript.pt').name} and its model card "
+          f"{path.with_suffix('.md').name}; load it with torch.load({str(path)!r}, weights_only=True)")
+    return 0
+
+
 def _sweep(args: argparse.Namespace) -> int:
     from rrdist.tune.driver import run_sweep
 
@@ -215,8 +224,8 @@ class OneLineParser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(prog="rrdist", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (_data_parser, _pretrain_parser, _evaluate_parser, _sweep_parser, _report_parser, _submit_parser,
-                _jobs_parser, _demo_parser):
+    for add in (_data_parser, _pretrain_parser, _evaluate_parser, _export_parser, _sweep_parser, _report_parser,
+                _submit_parser, _jobs_parser, _demo_parser):
         add(sub)
     return parser
 
@@ -273,6 +282,13 @@ def _evaluate_parser(sub) -> None:
     ft.add_argument("--batch-size", type=int, default=32)
     ts = evaluation("tsne", "t-SNE picture of the test features (appendix B.11)", _tsne)
     ts.add_argument("--max-points", type=int, default=None, help="a random subset of the test images")
+
+
+def _export_parser(sub) -> None:
+    ex = sub.add_parser("export", help="a run's backbone as files that load with torch alone, and a model card")
+    ex.add_argument("--run", required=True, help="the run folder (or its URI), or a backbone.pt")
+    ex.add_argument("--to", required=True, help="the file to write (FILE; also FILE's stem + .torchscript.pt and .md)")
+    ex.set_defaults(func=_export)
 
 
 def _sweep_parser(sub) -> None:

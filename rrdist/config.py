@@ -172,6 +172,8 @@ class PretrainConfig:
     use_gpu: bool = setting(False, "one GPU per worker, NCCL")
     gpus_per_worker: float = setting(1.0, "GPUs per worker with --use-gpu; fractions share a GPU between trials")
     cpus_per_worker: int = setting(1, "CPUs reserved per worker (and torch threads)")
+    in_process: bool = setting(False, "train in this process (Ray Train's local mode): no Ray to start, one "
+                                      "worker; checkpoints go to the run folder, but a failure ends the run")
     loader_workers: int = setting(1, "FFCV decoding threads per worker")
     checkpoint_every: int = setting(10, "epochs between checkpoints (the last epoch always gets one)")
     checkpoint_minutes: float = setting(10.0, "minutes between checkpoints inside an epoch, resumed at the next "
@@ -193,7 +195,7 @@ class PretrainConfig:
     RESUMABLE = ("epochs", "checkpoint_every", "checkpoint_minutes", "check_every", "loader_workers",
                  "cpus_per_worker", "gpus_per_worker", "max_failures",
                  "root", "data_uri", "out", "compile", "workers", "min_workers", "resize_check_s",
-                 "use_gpu")  # and every monitor setting
+                 "use_gpu", "in_process")  # and every monitor setting
     COMPOSED = ("settings", "monitors")  # filled from the registries of methods and monitors
     PATHS = ("root", "out", "data_uri")  # relative to the folder the configuration was made in
 
@@ -219,6 +221,9 @@ class PretrainConfig:
                                    f"negatives need two images, pass --batch-size 2 or more")
         need(self.epochs >= 1, f"epochs must be at least 1 (got {self.epochs}): pass --epochs 1 or more")
         need(self.workers >= 1, f"workers must be at least 1 (got {self.workers}): pass --workers 1 or more")
+        need(not self.in_process or (self.workers == 1 and not self.min_workers),
+             f"--in-process trains one worker in this process (got --workers {self.workers if not self.min_workers else f'{self.min_workers}-{self.workers}'}): "
+             f"pass --workers 1, or drop --in-process")
         need(0 <= self.min_workers <= self.workers,
              f"an elastic group's fewest workers must be 1 to {self.workers} (got {self.min_workers}-{self.workers}): "
              f"pass --workers MIN-MAX with 1 <= MIN <= MAX")

@@ -13,11 +13,22 @@ from rrdist.errors import DataError
 BACKBONE_FILE = "backbone.pt"
 
 
-def save_backbone(run_dir: Path, backbone: torch.nn.Module, config: dict[str, Any], epoch: int) -> Path:
-    """{backbone: state dict, config: the run's settings, epoch: epochs trained}, written atomically."""
+def save_backbone(run_dir: Path, backbone: torch.nn.Module, config: dict[str, Any], epoch: int,
+                  inputs: dict[str, Any] | None = None) -> Path:
+    """{backbone: state dict, config: the run's settings, epoch: epochs trained, input: what the network's
+    inputs are (size, mean, std: `input_spec`)}, written atomically."""
     path = Path(run_dir) / BACKBONE_FILE
-    atomic.torch_save({"backbone": backbone.state_dict(), "config": config, "epoch": epoch}, path)
+    saved = {"backbone": backbone.state_dict(), "config": config, "epoch": epoch}
+    if inputs is not None:
+        saved["input"] = inputs
+    atomic.torch_save(saved, path)
     return path
+
+
+def input_spec(size: int, mean, std) -> dict[str, Any]:
+    """The inputs a backbone was trained on, as torchvision's weights describe theirs: RGB images resized
+    to size x size, scaled to [0, 1], then normalised by the per-channel mean and std."""
+    return {"size": int(size), "mean": [float(v) for v in mean], "std": [float(v) for v in std]}
 
 
 def load_backbone_file(path: Path) -> dict[str, Any]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -153,9 +154,11 @@ class EpochLog:
             self.writer.close()
 
 
-def report(metrics: dict[str, Any], state: dict[str, Any] | None, rank: int, name: str | None = None) -> None:
+def report(metrics: dict[str, Any], state: dict[str, Any] | None, rank: int, name: str | None = None,
+           keep: RunFolder | None = None) -> None:
     """ray.train.report on every rank; with `state` (a checkpoint epoch), rank 0 attaches its checkpoint,
-    in a folder called `name` (default epoch_NNNN)."""
+    in a folder called `name` (default epoch_NNNN). `keep`: the run folder, where rank 0 puts the
+    checkpoint itself (Ray Train's local mode keeps none; a resume finds it there)."""
     import ray.train
 
     from rrdist.train.checkpoint import save_state
@@ -168,4 +171,20 @@ def report(metrics: dict[str, Any], state: dict[str, Any] | None, rank: int, nam
         if rank == 0:
             save_state(Path(tmp), **state)
             ckpt = ray.train.Checkpoint.from_directory(tmp)
-        ray.train.report(metrics, checkpoint=ckpt, checkpoint_dir_name=name or f"epoch_{metrics['epoch']:04d}")
+        name = name or f"epoch_{metrics['epoch']:04d}"
+        ray.train.report(metrics, checkpoint=ckpt, checkpoint_dir_name=name)
+        if keep is not None and rank == 0:
+            keep_checkpoint(keep, Path(tmp), name)
+
+
+def keep_checkpoint(run: RunFolder, source: Path, name: str, newest: int = 2) -> None:
+    """A checkpoint folder put whole into the run's train/ (copied beside, then renamed), and all but the
+    `newest` checkpoints there removed, as Ray Train keeps them."""
+    train = run.local / "train"
+    partial = train / f".{name}.partial"
+    shutil.rmtree(partial, ignore_errors=True)
+    shutil.copytree(source, partial)
+    os.replace(partial, train / name)
+    run.push(f"train/{name}")
+    for old in sorted(p.name for p in train.iterdir() if p.is_dir() and p.name.startswith("epoch_"))[:-newest]:
+        shutil.rmtree(train / old, ignore_errors=True)

@@ -80,6 +80,13 @@ def quiet_train_logging_setup() -> None:
         setattr(LoggingManager, name, staticmethod(configure))
 
 
+def quiet_local_mode() -> None:
+    """Ray Train's local mode (`--in-process`) logs at INFO that it runs locally and every report's metrics;
+    rrdist prints its own epoch lines."""
+    for name in ("ray.train.v2.api.config", "ray.train.v2._internal.execution.train_fn_utils"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
 @contextmanager
 def quiet_local_ray_start():
     """Around `ray.init` of rrdist's private local Ray: Ray's notice that token authentication is on

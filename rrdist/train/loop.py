@@ -15,7 +15,7 @@ from rrdist.config import PretrainConfig
 from rrdist.data.loader import image_loader
 from rrdist.data.worker_data import WorkerData
 from rrdist.errors import TrainingError
-from rrdist.models.backbone_file import BACKBONE_FILE, save_backbone
+from rrdist.models.backbone_file import BACKBONE_FILE, input_spec, save_backbone
 from rrdist.monitors import MonitorContext, adopt, build_monitors
 from rrdist.progress import Progress
 from rrdist.storage import CONFIG_FILE, RunFolder
@@ -55,6 +55,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     set_kernel_threads(cfg.cpus_per_worker)
     hook = StepHook.from_loop_config(loop_config, rank, run.local, world)
     worker = Worker(cfg, run, data, training, rank, world, device, hook, loop_config.get("stop_file"))
+    worker.keep = run if loop_config.get("in_process") else None  # Ray Train's local mode keeps no checkpoint
     startup.mark("monitors", run=name, rank=rank)
     method, start = training.method, training.start_epoch
     announce(cfg, method, start, training.start_step, rank)
@@ -79,7 +80,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             worker.log.show_views(worker.batches.sample, data.mean, data.std)
         pause = epoch + 1 == loop_config.get("pause_epoch") and epoch + 1 < cfg.epochs
         due = (epoch + 1) % cfg.checkpoint_every == 0 or epoch + 1 == cfg.epochs or pause
-        report(metrics, worker.state(epoch + 1) if due else None, rank, checkpoint_name(epoch + 1, worker.taken))
+        report(metrics, worker.state(epoch + 1) if due else None, rank, checkpoint_name(epoch + 1, worker.taken),
+               worker.keep)
         if due:
             worker.interruptions.saved()
         saved = due
@@ -92,7 +94,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     worker.close()
     startup.mark("end", run=name, rank=rank)
     if rank == 0:
-        save_backbone(run.local, method.backbone, cfg.to_dict(), max(cfg.epochs, start) if method.trainable else 0)
+        save_backbone(run.local, method.backbone, cfg.to_dict(), max(cfg.epochs, start) if method.trainable else 0,
+                      input_spec(data.image_size, data.mean, data.std))
         run.push(BACKBONE_FILE, "tb")
 
 
@@ -115,6 +118,7 @@ class Worker:
         self.step = TrainStep(training.model, self.optimizer, cfg.precision)
         self.log = EpochLog(run, rank, cfg.epochs, training.start_epoch)
         self.taken = set(run.subfolders("train"))  # read by every rank before any writes a checkpoint
+        self.keep: RunFolder | None = None  # the run folder, where the loop keeps checkpoints itself (local mode)
         self.position = Position(run.local, world) if rank == 0 else None
         self.interruptions = Interruptions(cfg.checkpoint_minutes, cfg.check_every, world, rank, device,
                                            self.save_inside, self.position, stop_file)
@@ -175,7 +179,7 @@ class Worker:
             torch.distributed.all_reduce(sums)
         state = self.state(self.epoch, done, sums)
         report({"inside_epoch": 1, "epoch": self.epoch, "step": done}, state, self.rank,
-               checkpoint_name(self.epoch, self.taken, done))
+               checkpoint_name(self.epoch, self.taken, done), self.keep)
         self.checkpoint_s += time.perf_counter() - began
 
 

@@ -115,15 +115,24 @@ def pretrain(cfg: PretrainConfig, address: str | None = None, log=print, callbac
     run = RunFolder(cfg.out)
     resumed = check_run_folder(cfg, run)
     kept.check(run, METRICS, RAY_SNAPSHOT)  # what the run will read back
-    check_local_cpus(cfg, address)
+    if not cfg.in_process:
+        check_local_cpus(cfg, address)
     data = worker_data(cfg, log)  # everything is checked before the run folder is written
     if not resumed:  # a resume's settings replace the saved ones once its workers have started (loop.py)
         run.write_text(CONFIG_FILE, cfg.to_yaml())
-    init_ray(address)
+    if cfg.in_process:
+        from rrdist.train.logs import quiet_local_mode
+
+        for k, v in QUIET_RAY.items():  # what Ray's processes get from init_ray, for the loop in this one
+            os.environ.setdefault(k, v)
+        quiet_local_mode()
+    else:
+        init_ray(address)
     trainer = build_trainer(cfg, run, data, callbacks or [], stop_file, pause_epoch)
     own = ", ".join(f"{k}={v}" for k, v in dataclasses.asdict(cfg.settings).items())
     workers = f"{cfg.min_workers}-{cfg.workers}" if cfg.min_workers else str(cfg.workers)
-    log(f"pretraining {cfg.method}/{cfg.backbone} on {cfg.dataset} ({own}), {workers} worker(s) -> {run}")
+    workers = "in this process" if cfg.in_process else f"{workers} worker(s)"
+    log(f"pretraining {cfg.method}/{cfg.backbone} on {cfg.dataset} ({own}), {workers} -> {run}")
     startup.mark("fit", run=run.location.rstrip("/").rsplit("/", 1)[-1])
     result = fit(trainer)
     failure = kept.read(run, FAILURE)
@@ -202,13 +211,15 @@ def build_trainer(cfg: PretrainConfig, run: RunFolder, data: WorkerData, callbac
         # requests to checkpoint and end: the caller's (a sweep's pause) and a batch job's
         "stop_file": stop_file,
         "pause_epoch": pause_epoch,  # a sweep's rung: the run ends after this epoch
+        "in_process": cfg.in_process,  # Ray Train's local mode keeps no checkpoint: the loop does
     }
     gpus = {"GPU": cfg.gpus_per_worker} if cfg.use_gpu else {}
     return TorchTrainer(
         train_loop_per_worker,
         train_loop_config=loop_config,
         torch_config=AddressBoundTorchConfig(backend="nccl" if cfg.use_gpu else "gloo"),
-        scaling_config=ScalingConfig(num_workers=(cfg.min_workers, cfg.workers) if cfg.min_workers else cfg.workers,
+        scaling_config=ScalingConfig(num_workers=0 if cfg.in_process else
+                                     (cfg.min_workers, cfg.workers) if cfg.min_workers else cfg.workers,
                                      use_gpu=cfg.use_gpu, resources_per_worker={"CPU": cfg.cpus_per_worker, **gpus},
                                      **({"elastic_resize_monitor_interval_s": cfg.resize_check_s}
                                         if cfg.min_workers else {})),
