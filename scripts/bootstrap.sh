@@ -31,12 +31,14 @@ if [ ! -x .venv/bin/python ]; then
     "$python" -m venv .venv
 fi
 stamp=".venv/.rrdist-installed"
-want="$(sha256sum pyproject.toml | cut -d' ' -f1)"
+want="$(cat pyproject.toml requirements.lock | sha256sum | cut -d' ' -f1)"
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
     echo "installing Python packages into .venv (torch, ray, ffcv, ...; several GB the first time)"
     .venv/bin/python -m pip install -q --upgrade pip
-    # torch and torchvision come together from the registry: torchvision needs the matching build.
-    .venv/bin/python -m pip install -q -e ".[test]"
+    # Exactly the versions the tests passed with (requirements.lock; torch and torchvision come
+    # together: torchvision needs the matching build), then rrdist itself on top of them.
+    .venv/bin/python -m pip install -q -r requirements.lock
+    .venv/bin/python -m pip install -q --no-deps -e .
     echo "$want" > "$stamp"
 fi
 
