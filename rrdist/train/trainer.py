@@ -115,6 +115,8 @@ def pretrain(cfg: PretrainConfig, address: str | None = None, log=print, callbac
     run = RunFolder(cfg.out)
     resumed = check_run_folder(cfg, run)
     kept.check(run, METRICS, RAY_SNAPSHOT)  # what the run will read back
+    if cfg.in_process and address:
+        raise ConfigError(f"--in-process trains in this process, without Ray: drop --address {address}")
     if not cfg.in_process:
         check_local_cpus(cfg, address)
     data = worker_data(cfg, log)  # everything is checked before the run folder is written
