@@ -165,7 +165,7 @@ def load_backbone(source: str | Path, device: str | None = "cpu"):
     or a `backbone.pt` copied anywhere; no Ray starts. Attached: `.transform` (uint8 images [N, H, W, 3]
     or [N, 3, H, W], or floats in [0, 1] -> the network's normalised inputs), `.settings` (the run's)
     and `.epochs` (trained)."""
-    from rrdist.models.portable import load
+    from rrdist.portable import load
 
     with user_errors():
         return load(source, device)
@@ -174,7 +174,7 @@ def load_backbone(source: str | Path, device: str | None = "cpu"):
 def export(run: str | Path, to: str | Path) -> Path:
     """`rrdist export --run RUN --to FILE`: the backbone as a file that loads with torch alone, a TorchScript
     program beside it, and a model card (FILE with .md); returns FILE."""
-    from rrdist.models.portable import export as write_export
+    from rrdist.portable import export as write_export
 
     with user_errors():
         return write_export(run, to)

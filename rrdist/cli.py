@@ -171,7 +171,7 @@ def _tsne(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from rrdist.models.portable import export
+    from rrdist.portable import export
 
     path = export(args.run, args.to)
     print(f"exported {path}, {path.with_suffix('.torchscript.pt').name} and its model card "

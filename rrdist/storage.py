@@ -86,6 +86,11 @@ class RunFolder:
     def __str__(self) -> str:
         return shown(self.location) if self.remote else str(self.local)
 
+    @property
+    def name(self) -> str:
+        """The folder's own name (a sweep's trial name)."""
+        return self.location.rstrip("/").rsplit("/", 1)[-1]
+
     def ray_storage(self) -> dict:
         """RunConfig arguments that put Ray Train's checkpoints in this folder."""
         return {"storage_path": self.path, **({"storage_filesystem": self.fs} if self.remote else {})}

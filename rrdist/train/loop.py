@@ -38,15 +38,14 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     cfg, run, data = loop_config["config"], RunFolder(loop_config["run"]), loop_config["data"]
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    name = run.location.rstrip("/").rsplit("/", 1)[-1]
-    startup.start("worker", run=name, rank=rank)
+    startup.start("worker", run=run.name, rank=rank)
     set_global_batch(cfg.batch_size)  # the shares of every step's global batch (uneven where N does not divide M)
     device = ray.train.torch.get_device() if cfg.use_gpu else torch.device("cpu")
     try:
         training = build_training(cfg, data.num_classes, run, rank, world, device)
     except TrainingError as e:  # no checkpoint to continue from: restarting the workers cannot help
         return record_failure(run, rank, str(e))
-    startup.mark("model", run=name, rank=rank)
+    startup.mark("model", run=run.name, rank=rank)
     if rank == 0:  # the run has started: its settings (a resume's new --epochs) are the saved ones now
         run.write_text(CONFIG_FILE, cfg.to_yaml())
         run.delete(FAILURE_FILE)
@@ -54,9 +53,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     torch.set_num_threads(cfg.cpus_per_worker)
     set_kernel_threads(cfg.cpus_per_worker)
     hook = StepHook.from_loop_config(loop_config, rank, run.local, world)
-    worker = Worker(cfg, run, data, training, rank, world, device, hook, loop_config.get("stop_file"))
-    worker.keep = run if loop_config.get("in_process") else None  # Ray Train's local mode keeps no checkpoint
-    startup.mark("monitors", run=name, rank=rank)
+    worker = Worker(cfg, run, data, training, rank, world, device, hook, loop_config.get("stop_file"),
+                    keep=run if loop_config.get("in_process") else None)  # Ray Train's local mode keeps none
+    startup.mark("monitors", run=run.name, rank=rank)
     method, start = training.method, training.start_epoch
     announce(cfg, method, start, training.start_step, rank)
     announce_nodes(rank, world, device)
@@ -86,24 +85,17 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             worker.interruptions.saved()
         saved = due
         if pause:  # a sweep's rung: end here, with its checkpoint, before a step of the next epoch
-            worker.close()
-            startup.mark("end", run=name, rank=rank)
-            return record_failure(run, rank, f"paused at the rung after epoch {epoch + 1}", paused=epoch + 1)
+            return worker.pause(epoch + 1)
     WATCHING.clear()
-    worker.log.close()
-    worker.close()
-    startup.mark("end", run=name, rank=rank)
-    if rank == 0:
-        save_backbone(run.local, method.backbone, cfg.to_dict(), max(cfg.epochs, start) if method.trainable else 0,
-                      input_spec(data.image_size, data.mean, data.std))
-        run.push(BACKBONE_FILE, "tb")
+    worker.finish(start)
 
 
 class Worker:
     """One worker's training objects, built once: what each epoch and each checkpoint uses."""
 
     def __init__(self, cfg: PretrainConfig, run: RunFolder, data: WorkerData, training: Training, rank: int,
-                 world: int, device: torch.device, hook: StepHook | None, stop_file: str | None = None) -> None:
+                 world: int, device: torch.device, hook: StepHook | None, stop_file: str | None = None,
+                 keep: RunFolder | None = None) -> None:
         self.cfg, self.run, self.data, self.training = cfg, run, data, training
         self.method, self.optimizer = training.method, training.optimizer
         self.rank, self.world, self.device, self.hook = rank, world, device, hook
@@ -118,7 +110,7 @@ class Worker:
         self.step = TrainStep(training.model, self.optimizer, cfg.precision)
         self.log = EpochLog(run, rank, cfg.epochs, training.start_epoch)
         self.taken = set(run.subfolders("train"))  # read by every rank before any writes a checkpoint
-        self.keep: RunFolder | None = None  # the run folder, where the loop keeps checkpoints itself (local mode)
+        self.keep = keep  # the run folder, where the loop keeps its checkpoints itself (Ray Train's local mode)
         self.position = Position(run.local, world) if rank == 0 else None
         self.interruptions = Interruptions(cfg.checkpoint_minutes, cfg.check_every, world, rank, device,
                                            self.save_inside, self.position, stop_file)
@@ -135,6 +127,23 @@ class Worker:
     def close(self) -> None:
         if self.position is not None:
             self.position.close()
+
+    def pause(self, epoch: int) -> None:
+        """End the run after `epoch` (its checkpoint is saved): a sweep's rung."""
+        self.close()
+        startup.mark("end", run=self.run.name, rank=self.rank)
+        record_failure(self.run, self.rank, f"paused at the rung after epoch {epoch}", paused=epoch)
+
+    def finish(self, start: int) -> None:
+        """The run's end: logs closed, and rank 0 saves the backbone with what its inputs are."""
+        self.log.close()
+        self.close()
+        startup.mark("end", run=self.run.name, rank=self.rank)
+        if self.rank == 0:
+            cfg, method = self.cfg, self.method
+            save_backbone(self.run.local, method.backbone, cfg.to_dict(), max(cfg.epochs, start) if method.trainable
+                          else 0, input_spec(self.data.image_size, self.data.mean, self.data.std))
+            self.run.push(BACKBONE_FILE, "tb")
 
     def train(self, epoch: int, first_step: int = 0, saved_sums: torch.Tensor | None = None) -> dict | None:
         """Epoch `epoch` (from 0) from step `first_step` on; its figures, or None if a loss was not finite."""

@@ -135,7 +135,7 @@ def pretrain(cfg: PretrainConfig, address: str | None = None, log=print, callbac
     workers = f"{cfg.min_workers}-{cfg.workers}" if cfg.min_workers else str(cfg.workers)
     workers = "in this process" if cfg.in_process else f"{workers} worker(s)"
     log(f"pretraining {cfg.method}/{cfg.backbone} on {cfg.dataset} ({own}), {workers} -> {run}")
-    startup.mark("fit", run=run.location.rstrip("/").rsplit("/", 1)[-1])
+    startup.mark("fit", run=run.name)
     result = fit(trainer)
     failure = kept.read(run, FAILURE)
     if failure is not None and "paused" in failure:
