@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from rrdist.errors import DataError
 
@@ -28,7 +27,10 @@ class InputTransform:
     [N, 3, H, W]; one image without the batch axis too."""
 
     def __init__(self, size: int, mean, std) -> None:
+        from rrdist.data.augment import KViewAugment
+
         self.size, self.mean, self.std = int(size), tuple(float(v) for v in mean), tuple(float(v) for v in std)
+        self.evaluation = KViewAugment(self.size, self.mean, self.std)
 
     def __repr__(self) -> str:
         return f"InputTransform(size={self.size}, mean={self.mean}, std={self.std})"
@@ -42,11 +44,7 @@ class InputTransform:
         if x.shape[1] != 3:
             x = x.permute(0, 3, 1, 2)
         x = x.float().div_(255.0) if x.dtype == torch.uint8 else x.float()
-        if x.shape[-1] != self.size or x.shape[-2] != self.size:
-            x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=False, antialias=True)
-        mean = torch.tensor(self.mean, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
-        std = torch.tensor(self.std, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
-        return (x - mean) / std
+        return self.evaluation.inputs(x)  # the evaluations' own resize and normalisation
 
     def to_dict(self) -> dict[str, Any]:
         return {"size": self.size, "mean": list(self.mean), "std": list(self.std)}

@@ -14,6 +14,7 @@ import os
 import time
 
 LOG = "RRDIST_STARTUP_LOG"
+_ON = bool(os.environ.get(LOG))  # read once: `once` runs at every training step
 _done: set[str] = set()
 
 
@@ -37,6 +38,6 @@ def start(phase: str, **facts) -> None:
 
 def once(phase: str, **facts) -> None:
     """A mark made only the first time since `start` (the first batch, the first step)."""
-    if phase not in _done and os.environ.get(LOG):
+    if _ON and phase not in _done:
         _done.add(phase)
         mark(phase, **facts)

@@ -259,7 +259,11 @@ class KViewAugment:
 
     def plain(self, images: torch.Tensor) -> torch.Tensor:
         """No augmentation (evaluation): uint8 [B, H, W, 3] -> normalised float [B, 3, H, W]."""
-        x = images.permute(0, 3, 1, 2).float().div_(255.0)
+        return self.inputs(images.permute(0, 3, 1, 2).float().div_(255.0))
+
+    def inputs(self, x: torch.Tensor) -> torch.Tensor:
+        """Floats in [0, 1] [B, 3, H, W] -> the network's inputs: resized to out_size (bilinear,
+        antialiased) if they are not, normalised."""
         if x.shape[-1] != self.out_size or x.shape[-2] != self.out_size:
             x = F.interpolate(x, size=(self.out_size, self.out_size), mode="bilinear", align_corners=False,
                               antialias=True)

@@ -43,7 +43,6 @@ def share_of(batch_size: int, rank: int, workers: int) -> tuple[int, int]:
 def _global_batch_traversal(batch_size: int, seed: int, rank: int, workers: int):
     """An FFCV traversal order (FFCV takes an instance and calls it with the loader) that reads
     `global_batch_order`."""
-    load_ffcv()
     from ffcv.traversal_order.base import TraversalOrder
 
     class GlobalBatchOrder(TraversalOrder):
