@@ -92,20 +92,31 @@ def evaluate(run: str | Path, evaluation: str = "linear", **settings) -> dict[st
         if evaluation == "retrieval":
             from rrdist.eval.retrieval import evaluate_retrieval
 
-            return evaluate_retrieval(run_dir, **shared, **settings)
+            return evaluate_retrieval(run_dir, **shared, **_arguments(evaluate_retrieval, settings))
         from rrdist.eval.tsne import evaluate_tsne
 
-        return evaluate_tsne(run_dir, **shared, **settings)
+        return evaluate_tsne(run_dir, **shared, **_arguments(evaluate_tsne, settings))
 
 
 def _settings(kind, values: dict[str, Any]):
     from dataclasses import fields
 
-    known = {f.name for f in fields(kind)}
+    return kind(**_known({f.name for f in fields(kind)}, values))
+
+
+def _arguments(evaluation, values: dict[str, Any]) -> dict[str, Any]:
+    import inspect
+
+    own = set(inspect.signature(evaluation).parameters) - {"run_dir", "dataset", "root", "device", "log"}
+    return _known(own, values)
+
+
+def _known(known: set[str], values: dict[str, Any]) -> dict[str, Any]:
+    """`values`, refused in one line if one is not among `known` (an evaluation's settings)."""
     unknown = sorted(set(values) - known)
     if unknown:
         raise ConfigError(f"'{unknown[0]}' is not a setting of this evaluation: use one of {', '.join(sorted(known))}")
-    return kind(**values)
+    return values
 
 
 def sweep(space: str | Path, *, root: str | Path = "data", out: str | Path = "runs/sweeps", address: str | None = None,

@@ -78,6 +78,8 @@ def test_api_errors_are_one_exception_type_with_the_commands_message(notebook_ru
         rrdist.evaluate(work / "runs" / "nb", "accuracy")
     with pytest.raises(rrdist.RrdistError, match="not a setting"):
         rrdist.evaluate(work / "runs" / "nb", "linear", epoch=3)
+    with pytest.raises(rrdist.RrdistError, match="'per_klass' is not a setting of this evaluation: use one of"):
+        rrdist.evaluate(work / "runs" / "nb", "retrieval", per_klass=3)
 
 
 FRESH = textwrap.dedent("""
