@@ -156,25 +156,23 @@ class EpochLog:
 
 def report(metrics: dict[str, Any], state: dict[str, Any] | None, rank: int, name: str | None = None,
            keep: RunFolder | None = None) -> None:
-    """ray.train.report on every rank; with `state` (a checkpoint epoch), rank 0 attaches its checkpoint,
-    in a folder called `name` (default epoch_NNNN). `keep`: the run folder, where rank 0 puts the
-    checkpoint itself (Ray Train's local mode keeps none; a resume finds it there)."""
-    import ray.train
-
+    """The run's report on every rank (session.py); with `state` (a checkpoint epoch), rank 0 attaches its
+    checkpoint, in a folder called `name` (default epoch_NNNN). `keep`: the run folder, where rank 0 puts
+    the checkpoint itself (Ray Train's local mode and a trial's own process keep none; a resume finds it
+    there)."""
+    from rrdist.train import session
     from rrdist.train.checkpoint import save_state
 
     if state is None:
-        ray.train.report(metrics)
+        session.report(metrics)
         return
     with tempfile.TemporaryDirectory() as tmp:
-        ckpt = None
         if rank == 0:
             save_state(Path(tmp), **state)
-            ckpt = ray.train.Checkpoint.from_directory(tmp)
         name = name or f"epoch_{metrics['epoch']:04d}"
-        ray.train.report(metrics, checkpoint=ckpt, checkpoint_dir_name=name)
-        if keep is not None and rank == 0:
+        if keep is not None and rank == 0:  # before Tune hears of the epoch: its scheduler may end the trial there
             keep_checkpoint(keep, Path(tmp), name)
+        session.report(metrics, tmp if rank == 0 else None, name)
 
 
 def keep_checkpoint(run: RunFolder, source: Path, name: str, newest: int = 2) -> None:

@@ -21,6 +21,8 @@ from typing import Callable
 
 import torch
 
+from rrdist.train import session
+
 STOP = threading.Event()  # set by SIGTERM while a training loop in this process watches for it
 WATCHING = threading.Event()  # a training loop runs in this process
 
@@ -94,17 +96,6 @@ def install_stop_handler() -> None:
     ray_utils.set_sigterm_handler = set_sigterm_handler
 
 
-def drain_notice() -> bool:
-    """Whether Ray Train reports that a node of this run is being drained (a barrier over the workers:
-    every worker calls it at the same steps)."""
-    if os.environ.get("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "1") == "0":
-        return False
-    import ray.train
-
-    get = getattr(ray.train, "get_preemption_info", None)
-    return get is not None and get() is not None
-
-
 class Interruptions:
     def __init__(self, minutes: float, check_every: int, world: int, rank: int, device: torch.device,
                  save: Callable[[int], None], position=None, stop_file: str | None = None) -> None:
@@ -137,7 +128,7 @@ class Interruptions:
         if done % self.check_every or done >= steps:
             return
         due = self.rank == 0 and self.minutes > 0 and time.monotonic() - self.last >= 60 * self.minutes
-        stop = STOP.is_set() or drain_notice()
+        stop = STOP.is_set() or session.drained()
         ended = self.rank == 0 and stop_requested(self.stop_file)  # rank 0 looks: one file system call
         if self.world > 1:
             flags = torch.tensor([float(due), float(stop), float(ended)], device=self.device)

@@ -5,8 +5,6 @@ from __future__ import annotations
 import time
 from typing import Any
 
-import ray.train
-import ray.train.torch
 import torch
 
 from rrdist import startup
@@ -25,6 +23,7 @@ from rrdist.train.checkpoint import checkpoint_name
 from rrdist.train.hooks import StepHook
 from rrdist.train.logs import quiet_ray_logs
 from rrdist.train.interruptions import WATCHING, Interruptions, Stopped
+from rrdist.train import session
 from rrdist.train.position import Position, read_position, restart_event
 from rrdist.train.setup import Training, build_training
 from rrdist.train.step import EpochSums, TrainStep, train_epoch
@@ -36,11 +35,10 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     quiet_ray_logs()
     adopt(loop_config["monitors"])
     cfg, run, data = loop_config["config"], RunFolder(loop_config["run"]), loop_config["data"]
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    rank, world = session.rank_and_world()
     startup.start("worker", run=run.name, rank=rank)
     set_global_batch(cfg.batch_size)  # the shares of every step's global batch (uneven where N does not divide M)
-    device = ray.train.torch.get_device() if cfg.use_gpu else torch.device("cpu")
+    device = session.device(cfg.use_gpu)
     try:
         training = build_training(cfg, data.num_classes, run, rank, world, device)
     except TrainingError as e:  # no checkpoint to continue from: restarting the workers cannot help
@@ -54,7 +52,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     set_kernel_threads(cfg.cpus_per_worker)
     hook = StepHook.from_loop_config(loop_config, rank, run.local, world)
     worker = Worker(cfg, run, data, training, rank, world, device, hook, loop_config.get("stop_file"),
-                    keep=run if loop_config.get("in_process") else None)  # Ray Train's local mode keeps none
+                    keep=run if loop_config.get("in_process") or session.in_trial() else None)  # Ray Train keeps none there
     startup.mark("monitors", run=run.name, rank=rank)
     method, start = training.method, training.start_epoch
     announce(cfg, method, start, training.start_step, rank)

@@ -24,11 +24,9 @@ class Training(NamedTuple):
 def build_training(cfg: PretrainConfig, num_classes: int, run: RunFolder, rank: int, world: int,
                    device: torch.device) -> Training:
     """The method on its device, its optimizer, resumed from the latest checkpoint, wrapped for DDP."""
-    import ray.train
-    import ray.train.torch
-
     from rrdist.collective import convert_global_batchnorm
     from rrdist.methods import build_method
+    from rrdist.train import session
     from rrdist.train.resume import resume_state
 
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank
@@ -40,7 +38,7 @@ def build_training(cfg: PretrainConfig, num_classes: int, run: RunFolder, rank: 
         convert_global_batchnorm(method)  # in place: parameters, buffers and checkpoint keys unchanged
     optimizer = method.configure_optimizer() if method.trainable else None
     start_epoch, monitor_state, start_step, sums, saved_workers = 0, {}, 0, None, 0
-    state = resume_state(ray.train.get_checkpoint(), run, announce=rank == 0)
+    state = resume_state(session.latest_checkpoint(), run, announce=rank == 0)
     if state is not None:
         monitor_state, start_step, sums = state.get("monitors", {}), int(state.get("step", 0)), state.get("sums")
         method.load_state_dict(state["method"])
@@ -52,7 +50,7 @@ def build_training(cfg: PretrainConfig, num_classes: int, run: RunFolder, rank: 
     # Global BatchNorm keeps every worker's running statistics equal: no need for DDP to broadcast them.
     ddp = {no_buffer_broadcast(): False} if cfg.sync_bn else {}
     distributed = (world > 1 or cfg.use_gpu) and method.trainable
-    model = ray.train.torch.prepare_model(method, parallel_strategy_kwargs=ddp) if distributed else method
+    model = session.prepare_model(method, device, ddp) if distributed else method
     if optimizer is not None:
         optimizer_to(optimizer, device)
     return Training(method, model, optimizer, start_epoch, monitor_state, start_step, sums, saved_workers)

@@ -102,11 +102,11 @@ class RungReached(Exception):
 
 
 def pretrain(cfg: PretrainConfig, address: str | None = None, log=print, callbacks: list | None = None,
-             stop_file: str | None = None, pause_epoch: int | None = None) -> PretrainResult:
+             stop_file: str | None = None, pause_epoch: int | None = None, in_trial: bool = False) -> PretrainResult:
     """Fit one pretraining run; `callbacks` are Ray Train callbacks (a Tune trial passes TuneReportCallback);
     `stop_file`: once it exists the workers checkpoint and end the run (as with $RRDIST_STOP_FILE);
     `pause_epoch`: the workers end the run after that epoch and its checkpoint (RungReached), unless it
-    is the last."""
+    is the last; `in_trial`: a one-worker run in this Tune trial's own process, reporting to Tune."""
     cfg.validate()
     if not is_uri(cfg.out):
         check_folder(cfg.out, "--out")
@@ -122,28 +122,30 @@ def pretrain(cfg: PretrainConfig, address: str | None = None, log=print, callbac
     data = worker_data(cfg, log)  # everything is checked before the run folder is written
     if not resumed:  # a resume's settings replace the saved ones once its workers have started (loop.py)
         run.write_text(CONFIG_FILE, cfg.to_yaml())
+    if in_trial and (cfg.workers != 1 or cfg.min_workers):
+        raise ConfigError(f"a run in a trial's own process has one worker (got --workers {cfg.workers})")
     if cfg.in_process:
         from rrdist.train.logs import quiet_local_mode
 
         for k, v in QUIET_RAY.items():  # what Ray's processes get from init_ray, for the loop in this one
             os.environ.setdefault(k, v)
         quiet_local_mode()
-    else:
+    elif not in_trial:
         init_ray(address)
-    trainer = build_trainer(cfg, run, data, callbacks or [], stop_file, pause_epoch)
     own = ", ".join(f"{k}={v}" for k, v in dataclasses.asdict(cfg.settings).items())
     workers = f"{cfg.min_workers}-{cfg.workers}" if cfg.min_workers else str(cfg.workers)
-    workers = "in this process" if cfg.in_process else f"{workers} worker(s)"
+    workers = "in this process" if cfg.in_process or in_trial else f"{workers} worker(s)"
     log(f"pretraining {cfg.method}/{cfg.backbone} on {cfg.dataset} ({own}), {workers} -> {run}")
     startup.mark("fit", run=run.name)
-    result = fit(trainer)
+    config = loop_config(cfg, run, data, stop_file, pause_epoch)
+    metrics = train_in_trial(config) if in_trial else fit(build_trainer(cfg, config, callbacks or [])).metrics
     failure = kept.read(run, FAILURE)
     if failure is not None and "paused" in failure:
         raise RungReached(failure["paused"])
     if failure is not None:
         raise TrainingError(failure["error"])
     run.pull(CONFIG_FILE, METRICS.name, BACKBONE_FILE)  # a run at a URI: evaluations read the working copy
-    return PretrainResult(run.local, last_metrics(run.local) or dict(result.metrics or {}), resumed)
+    return PretrainResult(run.local, last_metrics(run.local) or dict(metrics or {}), resumed)
 
 
 def local_cpus(address: str | None) -> int | None:
@@ -196,16 +198,10 @@ def worker_data(cfg: PretrainConfig, log=print) -> WorkerData:
     return data
 
 
-def build_trainer(cfg: PretrainConfig, run: RunFolder, data: WorkerData, callbacks: list, stop_file: str | None = None,
-                  pause_epoch: int | None = None):
-    """The TorchTrainer of a run: its workers, their resources, checkpoints kept and restarts allowed."""
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
-
-    from rrdist.train.loop import train_loop_per_worker
-    from rrdist.train.rendezvous import AddressBoundTorchConfig
-
-    loop_config = {
+def loop_config(cfg: PretrainConfig, run: RunFolder, data: WorkerData, stop_file: str | None = None,
+                pause_epoch: int | None = None) -> dict[str, Any]:
+    """What every worker's loop is given (loop.train_loop_per_worker)."""
+    return {
         "config": cfg, "run": run.location, "data": data, "monitors": dict(MONITORS),
         "fault": os.environ.get("RRDIST_FAULT"),  # test hooks: a failure to inject,
         # and a folder for every worker's per-step losses ("{run}" in it: the run folder's name)
@@ -215,6 +211,33 @@ def build_trainer(cfg: PretrainConfig, run: RunFolder, data: WorkerData, callbac
         "pause_epoch": pause_epoch,  # a sweep's rung: the run ends after this epoch
         "in_process": cfg.in_process,  # Ray Train's local mode keeps no checkpoint: the loop does
     }
+
+
+def train_in_trial(config: dict[str, Any]) -> dict[str, Any]:
+    """The loop as the only worker, in this Tune trial's process; a user's mistake is its one line."""
+    from rrdist.train import session
+    from rrdist.train.loop import train_loop_per_worker
+
+    with session.tune_trial():
+        try:
+            train_loop_per_worker(config)
+        except Exception as e:
+            message = find_user_message(e)
+            if message:
+                raise TrainingError(message) from None
+            raise
+    return {}
+
+
+def build_trainer(cfg: PretrainConfig, loop_config: dict[str, Any], callbacks: list):
+    """The TorchTrainer of a run: its workers, their resources, checkpoints kept and restarts allowed."""
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from rrdist.train.loop import train_loop_per_worker
+    from rrdist.train.rendezvous import AddressBoundTorchConfig
+
+    run = RunFolder(loop_config["run"])
     gpus = {"GPU": cfg.gpus_per_worker} if cfg.use_gpu else {}
     return TorchTrainer(
         train_loop_per_worker,

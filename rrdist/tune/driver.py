@@ -17,7 +17,7 @@ from rrdist.storage import RunFolder, absolute, check_folder, is_uri, join, show
 from rrdist.tune.records import read_record, read_sweep, sweep_trial, write_record
 from rrdist.tune.halving import read_ledger
 from rrdist.tune.space import EVALUATIONS, SweepSpec, epoch_metric_names, has_random_axes, load, param_space
-from rrdist.tune.trial import SweepContext, run_trial
+from rrdist.tune.trial import SweepContext, run_trial, trains_in_trial
 
 EVALUATED = [f"{e}_acc" for e in EVALUATIONS]  # what a finished trial's summary line shows
 TUNE_NEW_OUTPUT = "RAY_AIR_NEW_OUTPUT"  # read by Tune when a run starts: "0" is its older output engine
@@ -141,6 +141,16 @@ def trial_slots(spec: SweepSpec) -> int:
     need = {"CPU": workers * int(spec.trial.get("cpus_per_worker", 1)),
             "GPU": workers * float(spec.trial.get("gpus_per_worker", 0) or 0)}
     return max(1, min(int(total.get(k, 0) // v) for k, v in need.items() if v > 0))
+
+
+def trial_resources(spec: SweepSpec) -> dict[str, float]:
+    """What a trial's own process reserves: a one-worker trial trains there (its worker's CPUs and GPU);
+    a larger one's process mostly waits on its Train workers: nothing, so that trials of all the
+    machine's CPUs fit (a request must hold something: 1 byte of memory)."""
+    if trains_in_trial(spec.trial):
+        gpus = float(spec.trial.get("gpus_per_worker", 0) or 0)
+        return {"cpu": int(spec.trial.get("cpus_per_worker", 1)), **({"gpu": gpus} if gpus else {})}
+    return {"cpu": 0, "memory": 1}
 
 
 def _datasets(spec: SweepSpec) -> list[str]:
@@ -289,10 +299,7 @@ def build_tuner(spec: SweepSpec, scheduler, folder: RunFolder, parent: RunFolder
     """A new Tuner over the space, or the restored one of an interrupted sweep in `folder`."""
     from ray import tune
 
-    trainable = tune.with_resources(tune.with_parameters(run_trial, context=context),
-                                    # a trial's driver mostly waits on its Train workers: no CPU of its own, so
-                                    # that trials of all the machine's CPUs fit (a request must hold something)
-                                    {"cpu": 0, "memory": 1})
+    trainable = tune.with_resources(tune.with_parameters(run_trial, context=context), trial_resources(spec))
     # Tune's own state (for restoring) goes beside the trials, through the bucket's filesystem at a URI.
     tune_fs = {"storage_filesystem": folder.fs} if folder.remote else {}
     if tune.Tuner.can_restore(folder.path, **tune_fs):

@@ -40,8 +40,8 @@ TOP_KEYS = ("name", "fixed", "axes", "seeds", "samples", "trial", "concurrency",
 AXIS_KINDS = ("grid", "choice", "uniform", "loguniform", "points")
 TRIAL_KEYS = {"workers": "int", "cpus_per_worker": "int", "gpus_per_worker": "float", "loader_workers": "int"}
 DEFAULT_TRIAL = {"workers": 1, "cpus_per_worker": 1, "gpus_per_worker": 0.0}
-# Set by the sweep itself, not by a space: where trials live and what resources they get (a trial always
-# trains on Ray Train workers: Ray Train refuses its local mode, in_process, inside a Tune trial).
+# Set by the sweep itself, not by a space: where trials live and what resources they get (a one-worker
+# trial trains in its own process, a larger one on Ray Train workers: in_process is not a trial's choice).
 NOT_SWEEPABLE = ("out", "root", "seed", "workers", "cpus_per_worker", "gpus_per_worker", "use_gpu", "loader_workers",
                  "in_process")
 EVALUATIONS = {"linear": "trained", "linear_random": "random", "finetune": "trained",

@@ -1,4 +1,5 @@
-"""One sweep trial: a pretraining (a TorchTrainer) followed by the space's evaluations.
+"""One sweep trial: a pretraining (in the trial's own process for one worker, else a TorchTrainer)
+followed by the space's evaluations.
 
 A trial whose record (records.py) says it completed with the same settings is not trained again
 when the sweep is resumed.
@@ -42,6 +43,14 @@ def run_evaluation(run_dir: Path, evaluation: str, settings: dict[str, Any]) -> 
     from rrdist.eval.retrieval import evaluate_retrieval
 
     return evaluate_retrieval(run_dir, **settings)["top10"]["accuracy"]
+
+
+def trains_in_trial(trial: Any) -> bool:
+    """Whether a trial of these settings (a PretrainConfig, or a space's `trial` block) trains in its
+    own process: one worker needs no Ray Train group, whose controller and worker processes would
+    cost two cold Python starts at every start and resume of the trial."""
+    get = trial.get if isinstance(trial, dict) else lambda k, d=None: getattr(trial, k, d)
+    return int(get("workers", 1)) == 1 and not get("min_workers", None)
 
 
 def epoch_reports():
@@ -98,7 +107,10 @@ def run_trial(params: dict[str, Any], context: SweepContext) -> None:
         Path(halt).unlink(missing_ok=True)  # the request of an earlier pause, carried out: this is the resume
     pause = (kept.read(RunFolder(run_dir), RUNG) or {}).get("pause_epoch") if halving else None
     try:
-        result = pretrain(cfg, callbacks=[epoch_reports()], stop_file=halt, pause_epoch=pause)
+        if trains_in_trial(cfg):  # the loop in this process: no Ray Train processes to start
+            result = pretrain(cfg, stop_file=halt, pause_epoch=pause, in_trial=True)
+        else:
+            result = pretrain(cfg, callbacks=[epoch_reports()], stop_file=halt, pause_epoch=pause)
         metrics = dict(result.metrics)  # the last epoch's: loss, the method's figures, monitors, speed
         with working_copy(run_dir, pull=(), push=("eval", "tb")) as local:  # pretrain fetched the backbone
             for evaluation, settings in spec.evaluations.items():
