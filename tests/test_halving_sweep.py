@@ -148,6 +148,10 @@ def test_paused_trials_survive_ctrl_c_and_resume_as_if_never_paused(tmp_path, di
     # The epoch figures hold every step, the halted run's ones too (its running sums travel in the checkpoint).
     assert [m["loss"] for m in epoch_lines(sweep_dir / "trials" / name)] == \
         [m["loss"] for m in epoch_lines(tmp_path / "straight")]
+    # The trial trained in its own process (no Ray Train run: no snapshot of Train's), the straight run on a
+    # Ray Train worker: the loop is the same either way.
+    snapshot = Path("train") / "checkpoint_manager_snapshot.json"
+    assert not (sweep_dir / "trials" / name / snapshot).exists() and (tmp_path / "straight" / snapshot).exists()
     a = torch.load(sweep_dir / "trials" / name / "backbone.pt", map_location="cpu")
     b = torch.load(tmp_path / "straight" / "backbone.pt", map_location="cpu")
     a, b = a["backbone"], b["backbone"]

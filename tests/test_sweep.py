@@ -342,3 +342,25 @@ def test_a_space_with_a_worker_range_makes_every_trial_an_elastic_group():
     plain = parse({"fixed": fixed, "axes": {"K": {"grid": [2]}}, "trial": {"workers": 3}}, "space.yaml")
     (config,) = [plain.trial_config(p, 0, "data", "out") for p in plain.grid_points()]
     assert (config.min_workers, config.workers) == (0, 3)  # a fixed group
+
+
+def test_a_one_worker_trial_reserves_its_worker_and_a_larger_one_leaves_it_to_ray_train():
+    """A one-worker trial trains in its own process, which holds its worker's CPUs and GPU; the process
+    of a larger (or elastic) trial only waits on its Train workers and holds nothing they need."""
+    from rrdist.tune.driver import trial_resources
+    from rrdist.tune.space import parse
+    from rrdist.tune.trial import trains_in_trial
+
+    def spec(trial):
+        return parse({"fixed": {"dataset": "digits", "epochs": 2}, "axes": {"K": {"grid": [2]}}, "trial": trial},
+                     "space.yaml")
+
+    cases = [({"workers": 1, "cpus_per_worker": 2}, {"cpu": 2}, True),
+             ({"workers": 1, "gpus_per_worker": 0.5}, {"cpu": 1, "gpu": 0.5}, True),
+             ({"workers": 2}, {"cpu": 0, "memory": 1}, False),
+             ({"workers": "1-3"}, {"cpu": 0, "memory": 1}, False)]
+    for trial, resources, own in cases:
+        s = spec(trial)
+        assert trial_resources(s) == resources, trial
+        (config,) = [s.trial_config(p, 0, "data", "out") for p in s.grid_points()]
+        assert trains_in_trial(s.trial) is own and trains_in_trial(config) is own, trial
