@@ -128,7 +128,8 @@ class Interruptions:
         if done % self.check_every or done >= steps:
             return
         due = self.rank == 0 and self.minutes > 0 and time.monotonic() - self.last >= 60 * self.minutes
-        stop = STOP.is_set() or session.drained()
+        drained = session.drained()  # a barrier of every worker: asked of each, whatever its own signal
+        stop = STOP.is_set() or drained
         ended = self.rank == 0 and stop_requested(self.stop_file)  # rank 0 looks: one file system call
         if self.world > 1:
             flags = torch.tensor([float(due), float(stop), float(ended)], device=self.device)

@@ -9,6 +9,7 @@ the loop reports each epoch to Tune and keeps its checkpoints in the run folder 
 from __future__ import annotations
 
 import contextlib
+import os
 from typing import Any
 
 import torch
@@ -90,7 +91,7 @@ def report(metrics: dict[str, Any], folder: str | None = None, name: str | None 
 def drained() -> bool:
     """Whether Ray Train reports that a node of this run is being drained (a barrier over the workers:
     every worker calls it at the same steps)."""
-    if _IN_TRIAL:
+    if _IN_TRIAL or os.environ.get("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "1") == "0":
         return False
     import ray.train
 
