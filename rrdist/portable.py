@@ -17,7 +17,7 @@ import torch
 from rrdist.errors import DataError
 
 EXPORT_FORMAT = "rrdist-backbone/1"
-TORCHVISION = {"resnet34": "resnet34"}  # backbones that are torchvision's model of that name, fc removed
+TORCHVISION = {"resnet18": "resnet18", "resnet34": "resnet34", "resnet50": "resnet50"}  # backbones that are torchvision's model of that name, fc removed
 
 
 class InputTransform:

@@ -10,7 +10,7 @@ def count(model):
 
 
 @pytest.mark.parametrize("name,dim", [("conv4", 64), ("resnet8", 64), ("resnet32", 64), ("resnet56", 64),
-                                      ("resnet34", 512)])
+                                      ("resnet34", 512), ("resnet18", 512), ("resnet50", 2048)])
 def test_backbone_feature_size(name, dim):
     model = build_backbone(name).eval()
     with torch.no_grad():
@@ -23,6 +23,23 @@ def test_parameter_counts_match_the_paper():
     assert count(build_backbone("resnet32")) == pytest.approx(0.47e6, rel=0.02)  # appendix A.2
     assert count(build_backbone("resnet34")) == pytest.approx(21.3e6, rel=0.01)
     assert count(build_backbone("resnet8")) < count(build_backbone("resnet32")) < count(build_backbone("resnet56"))
+
+
+@pytest.mark.parametrize("name", ["resnet18", "resnet34", "resnet50"])
+def test_imagenet_resnets_are_torchvisions_without_the_classifier(name):
+    """The ImageNet stem (7x7 stride-2 convolution, max-pool), the same modules and parameters as
+    torchvision's model of that name, less its fc layer; 224 px inputs give one feature vector."""
+    import torchvision.models
+
+    reference = getattr(torchvision.models, name)(weights=None)
+    model = build_backbone(name)
+    assert count(model) == count(reference) - count(reference.fc)
+    assert (model.conv1.kernel_size, model.conv1.stride) == ((7, 7), (2, 2)) and isinstance(model.maxpool, torch.nn.MaxPool2d)
+    mine = {k: v.shape for k, v in model.state_dict().items()}
+    theirs = {k: v.shape for k, v in reference.state_dict().items() if not k.startswith("fc.")}
+    assert mine == theirs
+    with torch.no_grad():
+        assert model.eval()(torch.randn(1, 3, 224, 224)).shape == (1, model.feature_size)
 
 
 def test_conv4_layout():

@@ -29,7 +29,7 @@ from rrdist.losses import local_jsd
 from rrdist.methods.base import AdamSettings, Method
 
 LOCAL_LAYER = {"conv4": "layers.1", "resnet8": "stages.2", "resnet32": "stages.2", "resnet56": "stages.2",
-               "resnet34": "layer3"}
+               "resnet18": "layer3", "resnet34": "layer3", "resnet50": "layer3"}
 EMBED = 256
 BETA, GAMMA = 1.0, 0.1
 

@@ -9,7 +9,7 @@ import torch.nn as nn
 from rrdist.errors import ConfigError
 from rrdist.models.conv4 import Conv4
 from rrdist.models.resnet_cifar import resnet8, resnet32, resnet56
-from rrdist.models.resnet_large import resnet34
+from rrdist.models.resnet_large import resnet18, resnet34, resnet50
 
 BACKBONES: dict[str, Callable[[], nn.Module]] = {
     "conv4": Conv4,
@@ -17,6 +17,8 @@ BACKBONES: dict[str, Callable[[], nn.Module]] = {
     "resnet32": resnet32,
     "resnet56": resnet56,
     "resnet34": resnet34,
+    "resnet18": resnet18,
+    "resnet50": resnet50,
 }
 
 
