@@ -17,13 +17,13 @@ from rrdist.models.backbone_file import BACKBONE_FILE, input_spec, save_backbone
 from rrdist.monitors import MonitorContext, adopt, build_monitors
 from rrdist.progress import Progress
 from rrdist.storage import CONFIG_FILE, RunFolder
+from rrdist.train import session
 from rrdist.train.batches import TrainingImages, ViewBatches, build_augment, set_kernel_threads
 from rrdist.train.epoch_log import FAILURE_FILE, EpochLog, epoch_metrics, record_failure, report
 from rrdist.train.checkpoint import checkpoint_name
 from rrdist.train.hooks import StepHook
 from rrdist.train.logs import quiet_ray_logs
 from rrdist.train.interruptions import WATCHING, Interruptions, Stopped
-from rrdist.train import session
 from rrdist.train.position import Position, read_position, restart_event
 from rrdist.train.setup import Training, build_training
 from rrdist.train.step import EpochSums, TrainStep, train_epoch

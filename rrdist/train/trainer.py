@@ -117,13 +117,13 @@ def pretrain(cfg: PretrainConfig, address: str | None = None, log=print, callbac
     kept.check(run, METRICS, RAY_SNAPSHOT)  # what the run will read back
     if cfg.in_process and address:
         raise ConfigError(f"--in-process trains in this process, without Ray: drop --address {address}")
+    if in_trial and (cfg.workers != 1 or cfg.min_workers):
+        raise ConfigError(f"a run in a trial's own process has one worker (got --workers {cfg.workers})")
     if not cfg.in_process:
         check_local_cpus(cfg, address)
     data = worker_data(cfg, log)  # everything is checked before the run folder is written
     if not resumed:  # a resume's settings replace the saved ones once its workers have started (loop.py)
         run.write_text(CONFIG_FILE, cfg.to_yaml())
-    if in_trial and (cfg.workers != 1 or cfg.min_workers):
-        raise ConfigError(f"a run in a trial's own process has one worker (got --workers {cfg.workers})")
     if cfg.in_process:
         from rrdist.train.logs import quiet_local_mode
 
