@@ -34,13 +34,16 @@ def user_errors() -> Iterator[None]:
 
 
 def prepare_data(dataset: str, root: str | Path = "data", *, download: bool = False, image_size: int | None = None,
-                 force: bool = False, log=print) -> dict[str, Any]:
+                 force: bool = False, log=print, storage: str | None = None, max_side: int = 256,
+                 quality: int = 90, classes: str | Path | None = None) -> dict[str, Any]:
     """`rrdist data prepare`: write ROOT/ffcv/DATASET/*.beton unless valid ones exist; the data's manifest
-    (splits and their sizes, image size, normalisation, the folder)."""
+    (splits and their sizes, image size, normalisation, the folder). `storage`, `max_side`, `quality`,
+    `classes`: as the command's flags."""
     from rrdist.data.beton import prepare
 
     with user_errors():
-        return prepare(dataset, root, download=download, image_size=image_size, force=force, log=log)
+        return prepare(dataset, root, download=download, image_size=image_size, force=force, log=log,
+                       storage=storage, max_side=max_side, quality=quality, classes=classes)
 
 
 def pretrain(config=None, *, address: str | None = None, log=print, **settings):
@@ -153,7 +156,7 @@ def images(dataset: str, split: str = "test", *, root: str | Path = "data", coun
     import torch
 
     from rrdist.data.beton import ensure_prepared, split_path
-    from rrdist.data.loader import image_loader
+    from rrdist.data.loader import decoding, image_loader
 
     with user_errors():
         manifest = ensure_prepared(dataset, root, log=lambda *a: None)
@@ -162,7 +165,8 @@ def images(dataset: str, split: str = "test", *, root: str | Path = "data", coun
         if count is not None and count < 1:
             raise ConfigError(f"count must be at least 1 (got {count})")
         picked, labels, have = [], [], 0
-        for batch, y in image_loader(split_path(manifest, split), 512, train=False, drop_last=False):
+        for batch, y in image_loader(split_path(manifest, split), 512, train=False, drop_last=False,
+                                     **decoding(manifest)):
             picked.append(batch.clone())
             labels.append(y)
             have += len(y)

@@ -20,7 +20,8 @@ def _data(args: argparse.Namespace) -> int:
     from rrdist.data.beton import prepare
 
     manifest = prepare(args.dataset, args.root, download=args.download, image_size=args.image_size,
-                       force=args.force)
+                       force=args.force, storage=args.storage, max_side=args.max_side, quality=args.quality,
+                       classes=args.classes)
     splits = ", ".join(f"{k} {v['n']}" for k, v in manifest["splits"].items())
     print(f"{args.dataset}: {splits} images of {manifest['image_size']}x{manifest['image_size']} "
           f"in {manifest['dir']}")
@@ -238,7 +239,14 @@ def _data_parser(sub) -> None:
     prep.add_argument("dataset")
     prep.add_argument("--root", default="data", help="folder with the dataset's files; .beton files go to ROOT/ffcv/")
     prep.add_argument("--download", action="store_true", help="download the dataset first (needs a network)")
-    prep.add_argument("--image-size", type=int, default=None, help="resize images to N x N")
+    prep.add_argument("--image-size", type=int, default=None,
+                      help="raw storage: resize images to N x N; jpeg storage: the views' size (default 224)")
+    prep.add_argument("--storage", default=None,
+                      help="raw (arrays of one size, read whole; the default for the paper's sets) or jpeg (image "
+                           "trees of any size, streamed to JPEG records; the default for imagenet, imagenet100)")
+    prep.add_argument("--max-side", type=int, default=256, help="jpeg storage: longest stored side in pixels")
+    prep.add_argument("--quality", type=int, default=90, help="jpeg storage: JPEG quality, 1-100")
+    prep.add_argument("--classes", default=None, help="image trees: a text file of the class folders to keep")
     prep.add_argument("--force", action="store_true", help="write again even if valid files exist")
     data.set_defaults(func=_data)
 

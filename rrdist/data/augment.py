@@ -123,10 +123,11 @@ class KViewAugment:
         """Parameters of n views drawn from a generator."""
         return self.params(torch.rand(n, UNIFORMS, generator=generator, device=device), height, width)
 
-    def params(self, u: torch.Tensor, height: int, width: int) -> ViewParams:
+    def params(self, u: torch.Tensor, height: int | torch.Tensor, width: int | torch.Tensor) -> ViewParams:
         """Parameters of n views from their uniforms u [n, UNIFORMS], with torchvision's
         random-resized-crop rule (10 tries, then the centre). Each view's parameters depend on its
-        own row of u only, so a view keyed by its image is the same in any batch."""
+        own row of u only, so a view keyed by its image is the same in any batch. `height` and
+        `width`: the image size, or each view's ([n] tensors)."""
         device = u.device
         cursor = 0
 
@@ -137,11 +138,29 @@ class KViewAugment:
             cursor += max(k, 1)
             return block if k else block[:, 0]
 
+        if torch.is_tensor(height):  # every view its own image size
+            top, left, h, w = self._crops_of_sizes(take(TRIES), take(TRIES), take(), take(), height, width)
+        else:
+            top, left, h, w = self._crops(take(TRIES), take(TRIES), take(), take(), height, width)
+        lo = torch.tensor([1 - self.brightness, 1 - self.contrast, 1 - self.saturation, -self.hue], device=device)
+        hi = torch.tensor([1 + self.brightness, 1 + self.contrast, 1 + self.saturation, self.hue], device=device)
+        lo[:3].clamp_(min=0.0)
+        factors = lo + (hi - lo) * take(4)
+        return ViewParams(
+            top=top, left=left, height=h, width=w,
+            flip=take() < self.flip_p,
+            jitter=take() < self.jitter_p,
+            factors=factors,
+            order=torch.argsort(take(4), dim=1, stable=True),
+            gray=take() < self.gray_p,
+        )
+
+    def _crops(self, area_u, aspect_u, top_u, left_u, height: int, width: int):
+        """torchvision's random-resized-crop boxes (top, left, h, w) in an image of one size."""
         area = height * width
-        tries = TRIES
-        target_area = area * (self.scale[0] + (self.scale[1] - self.scale[0]) * take(tries))
+        target_area = area * (self.scale[0] + (self.scale[1] - self.scale[0]) * area_u)
         log_lo, log_hi = math.log(self.ratio[0]), math.log(self.ratio[1])
-        aspect = torch.exp(log_lo + (log_hi - log_lo) * take(tries))
+        aspect = torch.exp(log_lo + (log_hi - log_lo) * aspect_u)
         w = torch.round(torch.sqrt(target_area * aspect))
         h = torch.round(torch.sqrt(target_area / aspect))
         ok = (w > 0) & (w <= width) & (h > 0) & (h <= height)
@@ -159,23 +178,43 @@ class KViewAugment:
             fw, fh = width, height
         w = torch.where(any_ok, w, torch.full_like(w, fw))
         h = torch.where(any_ok, h, torch.full_like(h, fh))
-        top = torch.floor(take() * (height - h + 1))
-        left = torch.floor(take() * (width - w + 1))
+        top = torch.floor(top_u * (height - h + 1))
+        left = torch.floor(left_u * (width - w + 1))
         top = torch.where(any_ok, top, torch.full_like(top, (height - fh) // 2))
         left = torch.where(any_ok, left, torch.full_like(left, (width - fw) // 2))
+        return top, left, h, w
 
-        lo = torch.tensor([1 - self.brightness, 1 - self.contrast, 1 - self.saturation, -self.hue], device=device)
-        hi = torch.tensor([1 + self.brightness, 1 + self.contrast, 1 + self.saturation, self.hue], device=device)
-        lo[:3].clamp_(min=0.0)
-        factors = lo + (hi - lo) * take(4)
-        return ViewParams(
-            top=top, left=left, height=h, width=w,
-            flip=take() < self.flip_p,
-            jitter=take() < self.jitter_p,
-            factors=factors,
-            order=torch.argsort(take(4), dim=1, stable=True),
-            gray=take() < self.gray_p,
-        )
+    def _crops_of_sizes(self, area_u, aspect_u, top_u, left_u, height: torch.Tensor, width: torch.Tensor):
+        """The same rule where each view has its own image size (height, width: [n])."""
+        height, width = height.to(area_u.device, torch.float32), width.to(area_u.device, torch.float32)
+        hs, ws = height[:, None], width[:, None]
+        target_area = hs * ws * (self.scale[0] + (self.scale[1] - self.scale[0]) * area_u)
+        log_lo, log_hi = math.log(self.ratio[0]), math.log(self.ratio[1])
+        aspect = torch.exp(log_lo + (log_hi - log_lo) * aspect_u)
+        w = torch.round(torch.sqrt(target_area * aspect))
+        h = torch.round(torch.sqrt(target_area / aspect))
+        ok = (w > 0) & (w <= ws) & (h > 0) & (h <= hs)
+        first = torch.argmax(ok.to(torch.uint8), dim=1, keepdim=True)
+        any_ok = ok.any(dim=1)
+        w = w.gather(1, first).squeeze(1)
+        h = h.gather(1, first).squeeze(1)
+        in_ratio = width / height
+        narrow, wide = in_ratio < self.ratio[0], in_ratio > self.ratio[1]
+        fw = torch.where(wide, torch.round(height * self.ratio[1]), width)
+        fh = torch.where(narrow, torch.round(width / self.ratio[0]), height)
+        w = torch.where(any_ok, w, fw)
+        h = torch.where(any_ok, h, fh)
+        top = torch.where(any_ok, torch.floor(top_u * (height - h + 1)), torch.div(height - fh, 2, rounding_mode="floor"))
+        left = torch.where(any_ok, torch.floor(left_u * (width - w + 1)), torch.div(width - fw, 2, rounding_mode="floor"))
+        return top, left, h, w
+
+    @staticmethod
+    def onto_base(p: ViewParams, height: torch.Tensor, width: torch.Tensor, base_h: int, base_w: int) -> ViewParams:
+        """Boxes drawn in each image's own size, moved onto the base image it was stretched to."""
+        sy = base_h / height.to(p.top.device, torch.float32)
+        sx = base_w / width.to(p.top.device, torch.float32)
+        p.top, p.height, p.left, p.width = p.top * sy, p.height * sy, p.left * sx, p.width * sx
+        return p
 
     # ----------------------------------------------------------------------- application
     def crop_grid(self, p: ViewParams, height: int, width: int) -> torch.Tensor:
@@ -219,16 +258,23 @@ class KViewAugment:
         std = torch.tensor(self.std, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
         return (x - mean) / std
 
-    def __call__(self, images: torch.Tensor, K: int, source: torch.Generator | ImageDraws) -> torch.Tensor:
+    def __call__(self, images: torch.Tensor, K: int, source: torch.Generator | ImageDraws,
+                 sizes: torch.Tensor | None = None) -> torch.Tensor:
         """uint8 [M, H, W, 3] -> float [K * M, 3, S, S], view-major (view k is rows k*M..k*M+M-1),
         in channels-last memory. `source`: the images' keyed draws (training: each view a function
-        of seed, epoch, image and view), or a generator.
+        of seed, epoch, image and view), or a generator. `sizes` [M, 2]: each image's own (height,
+        width) where the batch holds them stretched to H x W; the crops follow the image's own size.
 
         On a CPU the views are made by one fused kernel (`augment_cpu`), elsewhere by batched tensor
         operations; both apply the same sampled parameters with the same formulas.
         """
         M, H, W, _ = images.shape
-        p = self.params(draw_uniforms(source, K, M, UNIFORMS, images.device), H, W)
+        u = draw_uniforms(source, K, M, UNIFORMS, images.device)
+        if sizes is None:
+            p = self.params(u, H, W)
+        else:
+            heights, widths = sizes[:, 0].repeat(K), sizes[:, 1].repeat(K)  # view-major, as u
+            p = self.onto_base(self.params(u, heights, widths), heights, widths, H, W)
         if images.device.type == "cpu" and self.fused_cpu:
             return self.apply_fused(images, p)
         return self.apply(images, p, K)

@@ -7,6 +7,7 @@ Everything downstream (loaders, evaluation) reads its facts from the manifest.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -16,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from rrdist import atomic
-from rrdist.data.datasets import Split, get_spec
+from rrdist.data.datasets import DATASETS, Split, get_spec, read_listed
 from rrdist.errors import DataError
 from rrdist.storage import check_folder
 
@@ -125,23 +126,90 @@ def split_path(manifest: dict[str, Any], split: str) -> Path:
     return Path(manifest["dir"]) / manifest["splits"][split]["file"]
 
 
-def prepare(dataset: str, root: str | os.PathLike, download: bool = False, image_size: int | None = None,
-            force: bool = False, num_workers: int | None = None, log=print) -> dict[str, Any]:
-    """Write the .beton files of `dataset` unless valid ones exist; return the manifest."""
-    spec = get_spec(dataset)
+STORAGES = ("raw", "jpeg")
+JPEG_VIEW_SIZE = 224  # the view size of JPEG-stored data unless --image-size says otherwise
+
+
+def _check_settings(image_size: int | None, storage: str, max_side: int, quality: int) -> None:
     if image_size is not None and not 8 <= image_size <= 1024:
         raise DataError(f"--image-size must be between 8 and 1024 pixels (got {image_size}): pass e.g. --image-size 32")
+    if storage not in STORAGES:
+        raise DataError(f"unknown --storage '{storage}': choose raw (arrays of one size) or jpeg (any size, streamed)")
+    if not 16 <= max_side <= 4096:
+        raise DataError(f"--max-side must be between 16 and 4096 pixels (got {max_side}): pass e.g. --max-side 256")
+    if not 1 <= quality <= 100:
+        raise DataError(f"--quality must be between 1 and 100 (got {quality}): pass e.g. --quality 90")
+
+
+def read_class_list(path: str | os.PathLike | None) -> list[str] | None:
+    """Class folder names from a file (one per line or separated by spaces; # starts a comment)."""
+    if path is None:
+        return None
+    try:
+        text = Path(path).expanduser().read_text()
+    except (OSError, UnicodeDecodeError) as e:
+        raise DataError(f"cannot read the class list {path} ({type(e).__name__}): pass a text file of class "
+                        f"folder names") from None
+    names = [w for line in text.splitlines() for w in line.split("#")[0].split()]
+    if not names or len(set(names)) != len(names):
+        raise DataError(f"the class list {path} is empty or names a class twice: list each class folder once")
+    return names
+
+
+def _same_settings(existing: dict[str, Any], image_size: int | None, storage: dict[str, Any],
+                   keep: list[str] | None) -> bool:
+    """Whether prepared data was written with these settings (older manifests: raw, every class)."""
+    return ((image_size is None or existing["image_size"] == image_size)
+            and existing.get("storage", {"format": "raw"}) == storage and existing.get("class_list") == keep)
+
+
+def prepare(dataset: str, root: str | os.PathLike, download: bool = False, image_size: int | None = None,
+            force: bool = False, num_workers: int | None = None, log=print, storage: str | None = None,
+            max_side: int = 256, quality: int = 90, classes: str | os.PathLike | None = None) -> dict[str, Any]:
+    """Write the .beton files of `dataset` unless valid ones exist; return the manifest.
+
+    `storage` raw keeps images as arrays of one size (read whole); jpeg streams image files of
+    any size into JPEG records of at most `max_side` pixels (`quality`), for views of `image_size`
+    (224 unless given). `classes`: a file of the class folders to keep."""
+    spec = get_spec(dataset)
+    storage = storage or spec.storage
+    _check_settings(image_size, storage, max_side, quality)
+    if storage == "jpeg" and spec.lister is None:
+        raise DataError(f"{dataset} cannot be stored as JPEG: --storage jpeg is for image trees "
+                        f"({', '.join(k for k, v in DATASETS.items() if v.lister)})")
+    if classes is not None and spec.lister is None:
+        raise DataError(f"--classes is for image trees, not {dataset}")
+    keep = read_class_list(classes) or (list(spec.classes) if spec.classes else None)
     check_folder(root, "--root")
     directory = beton_dir(dataset, root)
     existing = read_manifest(dataset, root)
     if existing is not None and not force and not _problems(directory, existing):
-        if image_size is None or existing["image_size"] == image_size:
+        if _same_settings(existing, image_size, _storage_entry(storage, max_side, quality), keep):
             counts = ", ".join(f"{k}: {v['n']}" for k, v in existing["splits"].items())
             log(f"reusing {directory} ({counts})")
             existing["dir"] = str(directory)
             return existing
     source = Path(root).expanduser().resolve() if spec.needs_root or download else None
-    splits = spec.reader(source, download, image_size or spec.image_size)
+    workers = num_workers or min(8, os.cpu_count() or 1)
+    if storage == "jpeg":
+        manifest = _write_jpeg(spec, source, directory, image_size or spec.image_size or JPEG_VIEW_SIZE,
+                               max_side, quality, keep, workers, log)
+    else:
+        reader = spec.reader if keep is None else read_listed(spec.lister, keep)
+        manifest = _write_raw(spec, reader(source, download, image_size or spec.image_size), directory,
+                              workers, log)
+    manifest.update({"format_version": FORMAT_VERSION, "dataset": dataset, "class_list": keep,
+                     "source": str(source) if source else "embedded", "pretrain_split": spec.pretrain_split})
+    atomic.write_json(directory / "manifest.json", manifest)
+    manifest["dir"] = str(directory)
+    return manifest
+
+
+def _storage_entry(storage: str, max_side: int, quality: int) -> dict[str, Any]:
+    return {"format": "jpeg", "max_side": max_side, "quality": quality} if storage == "jpeg" else {"format": "raw"}
+
+
+def _write_raw(spec, splits: dict[str, Split], directory: Path, workers: int, log) -> dict[str, Any]:
     train = splits["train"]
     if spec.mean is not None:
         mean, std = spec.mean, spec.std
@@ -150,23 +218,56 @@ def prepare(dataset: str, root: str | os.PathLike, download: bool = False, image
         mean = tuple(round(float(v), 4) for v in pixels.mean(0))
         std = tuple(round(float(v), 4) for v in np.maximum(pixels.std(0), 1e-3))
     directory.mkdir(parents=True, exist_ok=True)
-    workers = num_workers or min(8, os.cpu_count() or 1)
-    entries = {}
-    for name, split in splits.items():
-        path = directory / f"{name}.beton"
-        log(f"writing {path} ({len(split.labels)} images {split.images.shape[1]}x{split.images.shape[2]})")
-        _write_split(path, split, workers)
-        entries[name] = {"file": path.name, "n": int(len(split.labels)), "bytes": path.stat().st_size,
-                         "sha256": sha256(path)}
-    manifest = {
-        "format_version": FORMAT_VERSION, "dataset": dataset, "source": str(source) if source else "embedded",
-        "image_size": int(train.images.shape[1]), "channels": 3, "num_classes": len(train.classes),
-        "classes": train.classes, "mean": list(mean), "std": list(std), "splits": entries,
-        "pretrain_split": spec.pretrain_split,
-    }
-    atomic.write_json(directory / "manifest.json", manifest)
-    manifest["dir"] = str(directory)
-    return manifest
+    with staged(directory, list(splits)) as paths:
+        for name, split in splits.items():
+            log(f"writing {directory / paths[name].name} ({len(split.labels)} images "
+                f"{split.images.shape[1]}x{split.images.shape[2]})")
+            _write_split(paths[name], split, workers)
+    entries = {name: _entry(directory / f"{name}.beton", len(split.labels)) for name, split in splits.items()}
+    return {"image_size": int(train.images.shape[1]), "channels": 3, "num_classes": len(train.classes),
+            "classes": train.classes, "mean": list(mean), "std": list(std), "splits": entries,
+            "storage": {"format": "raw"}}
+
+
+def _write_jpeg(spec, source: Path, directory: Path, view_size: int, max_side: int, quality: int,
+                keep: list[str] | None, workers: int, log) -> dict[str, Any]:
+    from rrdist.data.jpeg_store import measure_normalisation, write_jpeg_split
+    from rrdist.data.loader import stored_sizes
+
+    splits = spec.lister(source, keep)  # every folder and file checked before anything is written
+    train = splits["train"]
+    mean, std = (spec.mean, spec.std) if spec.mean is not None else measure_normalisation(train)
+    directory.mkdir(parents=True, exist_ok=True)
+    with staged(directory, list(splits)) as paths:
+        for name, split in splits.items():
+            log(f"writing {directory / f'{name}.beton'} ({len(split.labels)} images as JPEG, longer side at most "
+                f"{max_side}, quality {quality})")
+            write_jpeg_split(paths[name], split, max_side, quality, workers)
+    entries = {name: _entry(directory / f"{name}.beton", len(split.labels)) for name, split in splits.items()}
+    largest = max(int(stored_sizes(directory / entry["file"]).max()) for entry in entries.values())
+    # Evaluation reads ImageNet's centre crop (224 of 256) of images larger than the views, whole ones otherwise.
+    return {"image_size": view_size, "channels": 3, "num_classes": len(train.classes), "classes": train.classes,
+            "mean": list(mean), "std": list(std), "splits": entries, "largest_side": largest,
+            "eval_crop": 224 / 256 if largest > view_size else 1.0,
+            "storage": _storage_entry("jpeg", max_side, quality)}
+
+
+@contextlib.contextmanager
+def staged(directory: Path, names: list[str]):
+    """Paths to write every split's .beton to; they replace the old files together, only once all
+    are written (a failure in a later split leaves the earlier data as it was)."""
+    paths = {name: directory / f".{name}.beton.new" for name in names}
+    try:
+        yield paths
+        for name, path in paths.items():
+            os.replace(path, directory / f"{name}.beton")
+    finally:
+        for path in paths.values():
+            path.unlink(missing_ok=True)
+
+
+def _entry(path: Path, n: int) -> dict[str, Any]:
+    return {"file": path.name, "n": int(n), "bytes": path.stat().st_size, "sha256": sha256(path)}
 
 
 def ensure_prepared(dataset: str, root: str | os.PathLike, log=print) -> dict[str, Any]:

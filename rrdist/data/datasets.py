@@ -1,11 +1,15 @@
 """Dataset registry and readers of each dataset's distribution format.
 
 A reader turns a dataset's files into whole arrays, per split: uint8 images [N, H, W, 3], int64
-labels [N] and the class names. It runs once, when the .beton files are written.
+labels [N] and the class names. It runs once, when the .beton files are written. Image trees too
+large for memory (ImageNet) are instead listed (`FileSplit`: paths and labels) and written as JPEG
+one image at a time.
 """
 
 from __future__ import annotations
 
+import csv
+import os
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +29,17 @@ class Split:
     classes: list[str]
 
 
+@dataclass
+class FileSplit:
+    """A split as image files of any size, read one at a time when it is written."""
+
+    files: list[Path]
+    labels: np.ndarray  # int64 [N]
+    classes: list[str]
+
+
 Reader = Callable[[Path | None, bool, int | None], dict[str, Split]]
+Lister = Callable[[Path, list[str] | None], dict[str, FileSplit]]
 
 
 @dataclass(frozen=True)
@@ -38,6 +52,9 @@ class DatasetSpec:
     needs_root: bool = True
     summary: str = ""
     pretrain_split: str = "train"  # the split self-supervised pretraining reads
+    lister: Lister | None = None  # lists image files: the dataset can be stored as JPEG, streamed
+    storage: str = "raw"  # the default storage: "raw" (arrays in memory) or "jpeg" (streamed)
+    classes: tuple[str, ...] | None = None  # a fixed class subset (ImageNet-100)
 
 
 # --------------------------------------------------------------------------- digits
@@ -85,30 +102,56 @@ def read_images(paths: list[Path], image_size: int | None, split: str) -> list[n
     return arrays
 
 
-def read_image_tree(split_dirs: dict[str, Path], image_size: int | None,
-                    classes: list[str] | None = None) -> dict[str, Split]:
-    """Read `<split>/<class>/<image>` trees; class indices follow sorted class-folder names."""
+def list_image_tree(split_dirs: dict[str, Path], classes: list[str] | None = None,
+                    keep: list[str] | None = None) -> dict[str, FileSplit]:
+    """The files of `<split>/<class>/<image>` trees; class indices follow sorted class-folder names
+    (or `classes`). `keep`: only these class folders. Checked before anything is read: an empty
+    class folder, a class the training split lacks, an unreadable file."""
     if classes is None:
         classes = [p.name for p in _class_dirs(next(iter(split_dirs.values())))]
+    if keep is not None:
+        missing = sorted(set(keep) - set(classes))
+        if missing:
+            raise DataError(f"{len(missing)} of the classes asked for have no folder in "
+                            f"{next(iter(split_dirs.values()))} (e.g. {missing[0]}): check the class list")
+        classes = [c for c in classes if c in set(keep)]
     index = {name: i for i, name in enumerate(classes)}
-    out: dict[str, Split] = {}
+    out: dict[str, FileSplit] = {}
     for split, split_dir in split_dirs.items():
         files: list[tuple[Path, int]] = []
         for class_dir in _class_dirs(split_dir):
             if class_dir.name not in index:
+                if keep is not None:
+                    continue
                 raise DataError(f"class folder {class_dir} is not among the training classes: "
                                 f"give every split the same class folders")
-            files += [(f, index[class_dir.name]) for f in sorted(class_dir.iterdir())
-                      if f.suffix.lower() in IMAGE_SUFFIXES]
+            found = [(f, index[class_dir.name]) for f in sorted(class_dir.iterdir())
+                     if f.suffix.lower() in IMAGE_SUFFIXES]
+            if not found:
+                raise DataError(f"class folder {class_dir} holds no images: remove the folder or add its images")
+            files += found
         if not files:
             raise DataError(f"no images found in {split_dir}/<class>/: expected files such as "
                             f"{split_dir}/<class>/0001.jpg")
-        arrays = read_images([path for path, _ in files], image_size, split)
+        unreadable = next((f for f, _ in files if not os.access(f, os.R_OK) or not f.is_file()), None)
+        if unreadable is not None:
+            raise DataError(f"cannot read {unreadable} (no read permission, or not a file): fix its "
+                            f"permissions or remove it")
+        out[split] = FileSplit([f for f, _ in files], np.array([c for _, c in files], dtype=np.int64), classes)
+    return out
+
+
+def read_image_tree(split_dirs: dict[str, Path], image_size: int | None,
+                    classes: list[str] | None = None) -> dict[str, Split]:
+    """Read `<split>/<class>/<image>` trees into arrays (images of one size, or resized to one)."""
+    out: dict[str, Split] = {}
+    for split, listed in list_image_tree(split_dirs, classes).items():
+        arrays = read_images(listed.files, image_size, split)
         shapes = {a.shape for a in arrays}
         if len(shapes) > 1:
-            raise DataError(f"images in {split_dir} have different sizes {sorted(shapes)[:3]}: "
-                            f"pass --image-size N to resize them")
-        out[split] = Split(np.stack(arrays), np.array([c for _, c in files], dtype=np.int64), classes)
+            raise DataError(f"images in {split_dirs[split]} have different sizes {sorted(shapes)[:3]}: "
+                            f"pass --image-size N to resize them, or --storage jpeg to keep their sizes")
+        out[split] = Split(np.stack(arrays), listed.labels, listed.classes)
     return out
 
 
@@ -127,7 +170,7 @@ def _require_root(root: Path | None, dataset: str) -> Path:
     return Path(root)
 
 
-def read_imagefolder(root: Path | None, download: bool, image_size: int | None) -> dict[str, Split]:
+def _imagefolder_dirs(root: Path | None) -> dict[str, Path]:
     root = _require_root(root, "imagefolder")
     tree = _find_tree(root)
     if tree is None:
@@ -136,7 +179,70 @@ def read_imagefolder(root: Path | None, download: bool, image_size: int | None) 
     test_dir = next((tree / s for s in ("test", "val") if (tree / s).is_dir()), None)
     if test_dir is None:
         raise DataError(f"no test split under {tree}: add {tree}/test/<class>/ (or val/)")
-    return read_image_tree({"train": tree / "train", "test": test_dir}, image_size)
+    return {"train": tree / "train", "test": test_dir}
+
+
+def read_imagefolder(root: Path | None, download: bool, image_size: int | None) -> dict[str, Split]:
+    return read_image_tree(_imagefolder_dirs(root), image_size)
+
+
+def list_imagefolder(root: Path, keep: list[str] | None) -> dict[str, FileSplit]:
+    return list_image_tree(_imagefolder_dirs(root), keep=keep)
+
+
+# --------------------------------------------------------------------------- ImageNet (ILSVRC-2012)
+def _imagenet_base(root: Path) -> Path:
+    """The folder holding train/<wnid>/: the root, Kaggle's ILSVRC/Data/CLS-LOC, or one level down."""
+    for cand in (root, root / "ILSVRC" / "Data" / "CLS-LOC", *sorted(p for p in root.iterdir() if p.is_dir())):
+        if (cand / "train").is_dir() and (cand / "val").is_dir() and _class_dirs(cand / "train"):
+            return cand
+    raise DataError(f"no ImageNet found under {root}: expected train/<wnid>/*.JPEG and val/ (in <wnid>/ folders, "
+                    f"or flat with LOC_val_solution.csv)")
+
+
+def _flat_val(base: Path, root: Path, classes: list[str]) -> FileSplit:
+    """The validation images in one folder, labelled by Kaggle's LOC_val_solution.csv."""
+    solution = next((p for p in (root / "LOC_val_solution.csv", base / "LOC_val_solution.csv",
+                                 base.parent.parent.parent / "LOC_val_solution.csv") if p.is_file()), None)
+    if solution is None:
+        raise DataError(f"{base / 'val'} has no class folders and no LOC_val_solution.csv was found beside it: sort "
+                        f"the validation images into val/<wnid>/ or add the CSV")
+    index = {c: i for i, c in enumerate(classes)}
+    files, labels = [], []
+    with open(solution, newline="") as f:
+        for row in csv.DictReader(f):
+            wnid = (row.get("PredictionString") or "").split(" ")[0]
+            if wnid in index:
+                files.append(base / "val" / f"{row['ImageId']}.JPEG")
+                labels.append(index[wnid])
+    if not files:
+        raise DataError(f"{solution} labels no image of the chosen classes: check the file")
+    return FileSplit(files, np.array(labels, dtype=np.int64), classes)
+
+
+def list_imagenet(root: Path, keep: list[str] | None) -> dict[str, FileSplit]:
+    """ILSVRC-2012: train/<wnid>/*.JPEG; the labelled validation set is the test split."""
+    root = _require_root(root, "imagenet")
+    base = _imagenet_base(root)
+    if _class_dirs(base / "val"):
+        return list_image_tree({"train": base / "train", "test": base / "val"}, keep=keep)
+    train = list_image_tree({"train": base / "train"}, keep=keep)["train"]
+    return {"train": train, "test": _flat_val(base, root, train.classes)}
+
+
+def imagenet100_classes() -> tuple[str, ...]:
+    text = (Path(__file__).parent / "imagenet100.txt").read_text()
+    return tuple(w for line in text.splitlines() if not line.startswith("#") for w in line.split())
+
+
+def read_listed(lister: Lister, keep: list[str] | None) -> Reader:
+    """A reader (arrays in memory) over a lister's files, for raw storage of a listed dataset."""
+    def read(root: Path | None, download: bool, image_size: int | None) -> dict[str, Split]:
+        if image_size is None:
+            raise DataError("raw storage needs one image size: pass --image-size N, or --storage jpeg")
+        return {name: Split(np.stack(read_images(split.files, image_size, name)), split.labels, split.classes)
+                for name, split in lister(root, keep).items()}
+    return read
 
 
 # --------------------------------------------------------------------------- CIFAR-10
@@ -328,6 +434,7 @@ def read_slimagenet(root: Path | None, download: bool, image_size: int | None) -
 
 
 # --------------------------------------------------------------------------- registry
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)  # torchvision's
 DATASETS: dict[str, DatasetSpec] = {
     "digits": DatasetSpec("digits", read_digits, 32, None, None, needs_root=False,
                           summary="scikit-learn's bundled 8x8 digits as 32x32 RGB (embedded default)"),
@@ -347,7 +454,15 @@ DATASETS: dict[str, DatasetSpec] = {
     "slimagenet": DatasetSpec("slimagenet", read_slimagenet, 64, None, None,
                               summary="SlimageNet64 image folders train/ val/ test/, 64x64"),
     "imagefolder": DatasetSpec("imagefolder", read_imagefolder, None, None, None,
-                               summary="any train/<class>/*, test/<class>/* image tree"),
+                               summary="any train/<class>/*, test/<class>/* image tree (--storage jpeg: any "
+                                       "size, streamed)", lister=list_imagefolder),
+    "imagenet": DatasetSpec("imagenet", read_listed(list_imagenet, None), 224, IMAGENET_MEAN, IMAGENET_STD,
+                            summary="ILSVRC-2012: train/<wnid>/, labelled val/ as the test split; JPEG, 224 px views",
+                            lister=list_imagenet, storage="jpeg"),
+    "imagenet100": DatasetSpec("imagenet100", read_listed(list_imagenet, list(imagenet100_classes())), 224,
+                               IMAGENET_MEAN, IMAGENET_STD, lister=list_imagenet, storage="jpeg",
+                               classes=imagenet100_classes(),
+                               summary="ImageNet-100 (CMC's 100 classes) from an ILSVRC-2012 tree; JPEG, 224 px"),
 }
 
 

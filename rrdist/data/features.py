@@ -30,11 +30,13 @@ def embed(backbone: torch.nn.Module, loader, prep, device: torch.device,
     return torch.cat(feats), torch.cat(labels)
 
 
-def extract(backbone: torch.nn.Module, beton: Path, prep, device: torch.device,
-            batch_size: int = 512) -> tuple[torch.Tensor, torch.Tensor]:
-    """Features [N, D] and labels [N], on the CPU, of every image of a split in file order (`prep`: as in `embed`)."""
+def extract(backbone: torch.nn.Module, beton: Path, prep, device: torch.device, batch_size: int = 512,
+            view_size: int | None = None, eval_crop: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Features [N, D] and labels [N], on the CPU, of every image of a split in file order (`prep`: as
+    in `embed`; `view_size`, `eval_crop`: as in `image_loader`)."""
     from rrdist.data.loader import image_loader
 
-    loader = image_loader(beton, batch_size, train=False, num_workers=1, device=device, drop_last=False)
+    loader = image_loader(beton, batch_size, train=False, num_workers=1, device=device, drop_last=False,
+                          view_size=view_size, eval_crop=eval_crop)
     feats, labels = embed(backbone.to(device), loader, prep, device, f"features of {Path(beton).name}")
     return feats.cpu(), labels.cpu()

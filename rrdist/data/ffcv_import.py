@@ -6,6 +6,9 @@ code: 3.7 s in every process that touches FFCV (each training worker, at each st
 ever reads that table from Python (when it generates a decoder's code, and in the writer), where a
 plain dict is the same table; so FFCV is imported with numba's Dict standing in as `dict`. No other
 FFCV module creates a typed Dict (memory_managers/base.py imports the name and never uses it).
+
+When a process has built several of FFCV's crop decoders, numba's clean-up of their compiled JPEG
+decode fails at exit with a KeyError it prints as "Exception ignored": that report alone is dropped.
 """
 
 from __future__ import annotations
@@ -25,3 +28,20 @@ def load_ffcv() -> None:
         import ffcv.fields.rgb_image  # noqa: F401
     finally:
         numba.typed.Dict = typed_dict
+    _quiet_numba_finalizer()
+
+
+def _quiet_numba_finalizer() -> None:
+    previous = sys.unraisablehook
+
+    def hook(report) -> None:
+        tb = report.exc_traceback
+        while tb is not None and tb.tb_next is not None:
+            tb = tb.tb_next
+        code = tb.tb_frame.f_code if tb is not None else None
+        if (isinstance(report.exc_value, KeyError) and code is not None and code.co_name == "finalizer"
+                and code.co_filename.endswith("numba/core/dispatcher.py")):
+            return
+        previous(report)
+
+    sys.unraisablehook = hook

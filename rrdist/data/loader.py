@@ -1,4 +1,11 @@
-"""FFCV loaders: decode each image once, as uint8 [B, H, W, 3]; views are made on the device."""
+"""FFCV loaders: decode each image once, as uint8 [B, H, W, 3]; views are made on the device.
+
+Images of one size stored raw are read as they are. Images of any size (JPEG records) are decoded
+by FFCV's threads and resized whole to a square base image (`base_side`); for training the loader
+also gives every image's stored (height, width), so that views are drawn in the image's own
+coordinates (`KViewAugment`) and nothing at its edges is lost. Evaluation reads a centre crop
+(`eval_crop` of the shorter side) resized to the view size, as ImageNet evaluations do.
+"""
 
 from __future__ import annotations
 
@@ -63,18 +70,59 @@ def _global_batch_traversal(batch_size: int, seed: int, rank: int, workers: int)
     return GlobalBatchOrder()
 
 
+def decoding(manifest: dict) -> dict:
+    """`image_loader`'s view_size and eval_crop for a prepared dataset's manifest."""
+    return {"view_size": int(manifest["image_size"]), "eval_crop": float(manifest.get("eval_crop", 1.0))}
+
+
+def base_side(view_size: int, largest_side: int) -> int:
+    """The side of the square base image the views of images of any size are made from: the
+    view size enlarged by 256/224 (ImageNet's resize-then-crop ratio), at most the largest stored side."""
+    return max(view_size, min(largest_side, round(view_size * 256 / 224)))
+
+
+def stored_sizes(path: str | Path) -> np.ndarray | None:
+    """int64 [N, 2] (height, width) of every image of a .beton of images of different sizes or
+    JPEG records; None for raw images of one size."""
+    from ffcv.reader import Reader
+
+    reader = Reader(str(path))
+    meta = reader.metadata[f"f{reader.field_names.index('image')}"]
+    if (meta["mode"] == 1).all() and len(np.unique(meta["height"])) <= 1 and len(np.unique(meta["width"])) <= 1:
+        return None
+    return np.stack([meta["height"], meta["width"]], axis=1).astype(np.int64)
+
+
+def _image_decoder(sizes: np.ndarray | None, train: bool, view_size: int | None, eval_crop: float):
+    """FFCV's decoder for the image field (see the module's docstring)."""
+    from ffcv.fields.decoders import CenterCropRGBImageDecoder, SimpleRGBImageDecoder
+
+    if sizes is None:
+        return SimpleRGBImageDecoder()
+    if view_size is None:
+        raise ValueError("a loader over images of different sizes needs the view size")
+    if not train:
+        return CenterCropRGBImageDecoder((view_size, view_size), ratio=eval_crop)
+    from rrdist.data.whole_image import WholeImageDecoder
+
+    side = base_side(view_size, int(sizes.max()))
+    return WholeImageDecoder((side, side))
+
+
 def image_loader(path: str | Path, batch_size: int, *, train: bool, num_workers: int = 1, seed: int = 0,
                  rank: int = 0, workers: int = 1, device: torch.device | None = None,
-                 drop_last: bool | None = None, indices: bool = False, subset=None):
+                 drop_last: bool | None = None, indices: bool = False, subset=None,
+                 view_size: int | None = None, eval_crop: float = 1.0):
     """An FFCV Loader over a .beton: for training the global-batch order (`global_batch_order`:
     `batch_size` is the global batch, each of `workers` workers reads its share of it), otherwise
     sequential.
 
     With `indices=True` each batch also carries the images' positions in the split (file order);
-    `subset` (positions) reads only those images.
+    `subset` (positions) reads only those images. `view_size` and `eval_crop`: how images of
+    different sizes are decoded (the module's docstring); ignored for raw images of one size.
     """
     load_ffcv()
-    from ffcv.fields.decoders import IntDecoder, SimpleRGBImageDecoder
+    from ffcv.fields.decoders import IntDecoder
     from ffcv.loader import Loader, OrderOption
     from ffcv.transforms import ToDevice, ToTensor
 
@@ -86,7 +134,12 @@ def image_loader(path: str | Path, batch_size: int, *, train: bool, num_workers:
     if not Path(path).is_file():
         raise DataError(f"{path} does not exist: run `rrdist data prepare` for its dataset")
 
-    image = [SimpleRGBImageDecoder(), ToTensor()]
+    try:
+        sizes = stored_sizes(path)
+    except Exception as e:  # FFCV's reader raises assorted errors on unreadable files
+        raise DataError(f"cannot read {path} ({type(e).__name__}: {first_line(e)}): it may be corrupt; "
+                        f"`rrdist data prepare <dataset> --root <root> --force` writes it again") from None
+    image = [_image_decoder(sizes, train, view_size, eval_crop), ToTensor()]
     label = [IntDecoder(), ToTensor()]
     index = [IntDecoder(), ToTensor()] if indices else None  # None: the field is not decoded
     if device is not None and device.type == "cuda":
@@ -109,7 +162,7 @@ def image_loader(path: str | Path, batch_size: int, *, train: bool, num_workers:
                         f"`rrdist data prepare <dataset> --root <root> --force` writes it again") from None
     finally:
         torch.set_num_threads(threads)  # FFCV's Loader changes the process-wide thread count
-    return Batches(loader, indices)
+    return Batches(loader, indices, torch.from_numpy(sizes) if sizes is not None and train else None)
 
 
 def split_size(path: str | Path) -> int:
@@ -129,9 +182,10 @@ class Batches:
     turn a last batch of one label into a 0-d tensor; flattening does not.
     """
 
-    def __init__(self, loader, indices: bool = False) -> None:
+    def __init__(self, loader, indices: bool = False, sizes: torch.Tensor | None = None) -> None:
         self.loader = loader
         self.indices = indices
+        self.sizes = sizes  # int64 [N, 2]: every image's stored (height, width), when the base image stretches it
 
     def __len__(self) -> int:
         return len(self.loader)

@@ -19,6 +19,11 @@ class WorkerData:
     dataset: str
     root: str  # absolute: workers run in Ray's session folder
     uri: str = ""  # a shared copy of the prepared data each node stages into `root` first
+    eval_crop: float = 1.0  # images of any size: the centre crop evaluation reads (of the shorter side)
+
+    def decoding(self) -> dict:
+        """`image_loader`'s view_size and eval_crop."""
+        return {"view_size": self.image_size, "eval_crop": self.eval_crop}
 
     @classmethod
     def from_manifest(cls, manifest: dict[str, Any], dataset: str, root: str | Path, uri: str = "") -> "WorkerData":
@@ -30,4 +35,4 @@ class WorkerData:
                    test=str(split_path(manifest, "test")) if "test" in splits else None,
                    image_size=int(manifest["image_size"]), mean=tuple(manifest["mean"]), std=tuple(manifest["std"]),
                    num_classes=int(manifest["num_classes"]), dataset=dataset, root=str(Path(root).resolve()),
-                   uri=uri or "")
+                   uri=uri or "", eval_crop=float(manifest.get("eval_crop", 1.0)))

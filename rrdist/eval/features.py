@@ -59,6 +59,7 @@ def cached_features(run_dir: Path, backbone: torch.nn.Module, fingerprint: str, 
     from rrdist.data.beton import split_path
     from rrdist.data.augment import KViewAugment
     from rrdist.data.features import extract
+    from rrdist.data.loader import decoding
 
     beton = split_path(manifest, split)
     key = json.dumps({"format": CACHE_FORMAT, "weights": fingerprint, "data": manifest["splits"][split]["sha256"]},
@@ -72,7 +73,7 @@ def cached_features(run_dir: Path, backbone: torch.nn.Module, fingerprint: str, 
         except Exception:
             pass  # an unreadable cache is recomputed
     prep = KViewAugment(manifest["image_size"], tuple(manifest["mean"]), tuple(manifest["std"]))
-    feats, labels = extract(backbone, beton, prep, device)
+    feats, labels = extract(backbone, beton, prep, device, **decoding(manifest))
     atomic.torch_save({"features": feats, "labels": labels, "key": key}, path)
     return feats, labels, False
 
@@ -96,11 +97,12 @@ def run_features(run_dir: str | Path, splits: tuple[str, ...], init: str = "trai
 def split_images(manifest: dict[str, Any], split: str, indices: torch.Tensor) -> torch.Tensor:
     """uint8 images [len(indices), H, W, 3] of a split, by position (for pictures)."""
     from rrdist.data.beton import split_path
-    from rrdist.data.loader import image_loader
+    from rrdist.data.loader import decoding, image_loader
 
     wanted = set(indices.tolist())
     found: dict[int, torch.Tensor] = {}
-    loader = image_loader(split_path(manifest, split), 512, train=False, drop_last=False, indices=True)
+    loader = image_loader(split_path(manifest, split), 512, train=False, drop_last=False, indices=True,
+                          **decoding(manifest))
     for images, _, idx in loader:
         for row, i in enumerate(idx.tolist()):
             if i in wanted:

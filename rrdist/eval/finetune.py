@@ -79,6 +79,21 @@ def augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     return x * cutout_mask(n, h, w, generator, size=min(32, h, w)).to(x.device, x.dtype)
 
 
+def training_inputs(manifest: dict[str, Any], sizes: torch.Tensor | None, prep, seed: int, device: torch.device):
+    """The augmented inputs of a training batch: (uint8 images, indices) -> normalised [B, 3, S, S].
+    Images of any size come whole, stretched to a square: a random resized crop in each image's own
+    size and a flip (ImageNet's finetuning augmentation) replace the affine-and-cutout of small images."""
+    from rrdist.data.augment import KViewAugment
+
+    if sizes is None:
+        generator = torch.Generator().manual_seed(seed)
+        return lambda images, indices: augment(prep.plain(images), generator)
+    resized_crop = KViewAugment(manifest["image_size"], tuple(manifest["mean"]), tuple(manifest["std"]),
+                                jitter_p=0.0, gray_p=0.0)
+    generator = torch.Generator(device=device).manual_seed(seed)
+    return lambda images, indices: resized_crop(images, 1, generator, sizes[indices].to(device))
+
+
 def evaluate_finetune(run_dir: str | Path, dataset: str | None = None, root: str | None = None,
                       settings: FinetuneSettings | None = None, device: str | None = None,
                       log=print) -> dict[str, Any]:
@@ -86,7 +101,7 @@ def evaluate_finetune(run_dir: str | Path, dataset: str | None = None, root: str
 
     from rrdist.data.augment import KViewAugment
     from rrdist.data.beton import ensure_prepared, split_path
-    from rrdist.data.loader import image_loader
+    from rrdist.data.loader import decoding, image_loader
     from rrdist.eval.features import load_backbone
     from rrdist.schedules import step_lr
 
@@ -96,7 +111,6 @@ def evaluate_finetune(run_dir: str | Path, dataset: str | None = None, root: str
     backbone, cfg, _ = load_backbone(run_dir, "trained")
     manifest = ensure_prepared(dataset or cfg.dataset, root or cfg.root, log=log)
     torch.manual_seed(settings.seed)
-    generator = torch.Generator().manual_seed(settings.seed)
     before = [p.detach().clone() for p in backbone.parameters()]
     backbone = backbone.to(dev)
     head = torch.nn.Linear(backbone.feature_size, manifest["num_classes"]).to(dev)
@@ -105,15 +119,16 @@ def evaluate_finetune(run_dir: str | Path, dataset: str | None = None, root: str
     optimizer = torch.optim.Adam(groups)
     prep = KViewAugment(manifest["image_size"], tuple(manifest["mean"]), tuple(manifest["std"]))
     train = image_loader(split_path(manifest, "train"), settings.batch_size, train=True, seed=settings.seed,
-                         device=dev)
+                         device=dev, indices=True, **decoding(manifest))
+    inputs = training_inputs(manifest, train.sizes, prep, settings.seed, dev)
     start = time.perf_counter()
     progress = Progress("finetuning", settings.epochs, unit="epochs")
     for epoch in range(settings.epochs):
         for group in optimizer.param_groups:
             group["lr"] = step_lr(group["base"], epoch, settings.epochs)
         backbone.train()
-        for images, labels in train:
-            x = augment(prep.plain(images.to(dev)), generator)
+        for images, labels, indices in train:
+            x = inputs(images.to(dev), indices)
             loss = F.cross_entropy(head(backbone(x)), labels.to(dev))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -123,7 +138,8 @@ def evaluate_finetune(run_dir: str | Path, dataset: str | None = None, root: str
     backbone.eval()
     correct = total = 0
     with torch.no_grad():
-        for images, labels in image_loader(split_path(manifest, "test"), 256, train=False, drop_last=False, device=dev):
+        for images, labels in image_loader(split_path(manifest, "test"), 256, train=False, drop_last=False, device=dev,
+                                           **decoding(manifest)):
             correct += int((head(backbone(prep.plain(images.to(dev)))).argmax(1).cpu() == labels).sum())
             total += len(labels)
     change = math.sqrt(sum(float(((p.detach().cpu() - b) ** 2).sum()) for p, b in zip(backbone.parameters(), before)))

@@ -86,7 +86,7 @@ class KnnMonitor(Monitor):
             counts.append(shares(len(chosen), workers))  # contiguous shares: the gathered bank is one process's
             start = sum(counts[-1][:rank])
             self.loaders.append(image_loader(path, 512, train=False, device=context.device, drop_last=False,
-                                             subset=chosen[start:start + counts[-1][rank]]))
+                                             subset=chosen[start:start + counts[-1][rank]], **data.decoding()))
         self.bank_counts = counts[0]  # every worker's bank rows, for the gather
 
     def epoch_end(self, epoch: int) -> dict[str, float]:

@@ -42,7 +42,11 @@ class ViewBatches:
             images = images.to(self.device, non_blocking=True)
             labels = labels.to(self.device, non_blocking=True)
             targets = labels if self.targets is None else self.targets(labels, indices.to(self.device, non_blocking=True))
-            views = self.augment(images, self.K, ImageDraws(self.seed, epoch, indices))
+            draws = ImageDraws(self.seed, epoch, indices)
+            if self.loader.sizes is None:
+                views = self.augment(images, self.K, draws)
+            else:  # images of any size, stretched to one base: crops follow each image's own size
+                views = self.augment(images, self.K, draws, self.loader.sizes[indices].to(self.device))
             if self.keep_sample and self.sample is None:
                 self.sample = keep_sample(images, views, self.K)
             yield Batch(views.double() if self.precision == "fp64" else views, targets, labels, indices)
@@ -73,14 +77,19 @@ class TrainingImages:
         from rrdist.data.features import extract
 
         prep = KViewAugment(self.data.image_size, self.data.mean, self.data.std)
-        return extract(backbone, Path(self.data.train), prep, self.device)[0]
+        return extract(backbone, Path(self.data.train), prep, self.device, **self.data.decoding())[0]
 
 
-def build_augment(kind: str, image_size: int, mean: tuple[float, ...], std: tuple[float, ...]):
-    """The views a method trains on, with the dataset's image size and normalisation."""
+def build_augment(kind: str, image_size: int, mean: tuple[float, ...], std: tuple[float, ...],
+                  any_size: bool = False):
+    """The views a method trains on, with the dataset's image size and normalisation. For images
+    of any size (`any_size`), the padded crop of CIFAR (crop_flip) becomes ImageNet's usual
+    supervised augmentation: a random resized crop and a flip, no colour."""
     from rrdist.data.augment import KViewAugment
     from rrdist.data.crop_flip import CropFlip
 
+    if kind == "crop_flip" and any_size:
+        return KViewAugment(image_size, tuple(mean), tuple(std), jitter_p=0.0, gray_p=0.0)
     kinds = {"kview": KViewAugment, "crop_flip": CropFlip}
     return kinds[kind](image_size, tuple(mean), tuple(std))
 

@@ -196,10 +196,10 @@ def view_batches(cfg: PretrainConfig, data: WorkerData, method, rank: int, world
     epoch `start` on."""
     loader = image_loader(data.labelled if method.needs_labels else data.train, cfg.batch_size, train=True,
                           num_workers=cfg.loader_workers, seed=cfg.seed, rank=rank, workers=world, device=device,
-                          indices=True)
+                          indices=True, view_size=data.image_size)
     loader.resume_at(start, start_step)
     method.generator = torch.Generator(device=device)  # the draws every worker shares, reseeded every step
-    augment = build_augment(method.augmentation, data.image_size, data.mean, data.std)
+    augment = build_augment(method.augmentation, data.image_size, data.mean, data.std, loader.sizes is not None)
     batches = ViewBatches(loader, augment, method.views_per_image, cfg.seed, device, method.generator,
                           method.targets if method.needs_indices else None, cfg.precision)
     batches.keep_sample = rank == 0 and start == 0  # a picture of the views, once per run
