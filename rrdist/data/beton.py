@@ -41,7 +41,10 @@ def _write_split(path: Path, split: Split, num_workers: int) -> None:
 
     load_ffcv()
     from ffcv.fields import IntField, RGBImageField
-    from ffcv.writer import DatasetWriter
+
+    from rrdist.data.ffcv_import import dataset_writer
+
+    DatasetWriter = dataset_writer()
 
     class Indexed:  # FFCV's writer takes any indexable of (image, label, index)
         def __len__(self) -> int:

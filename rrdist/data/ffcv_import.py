@@ -45,3 +45,14 @@ def _quiet_numba_finalizer() -> None:
         previous(report)
 
     sys.unraisablehook = hook
+
+
+def dataset_writer():
+    """FFCV's DatasetWriter, its progress bar shown on a terminal only (not in logs or captured output)."""
+    import functools
+
+    import ffcv.writer
+    from tqdm import tqdm
+
+    ffcv.writer.tqdm = functools.partial(tqdm, disable=not sys.stderr.isatty())
+    return ffcv.writer.DatasetWriter

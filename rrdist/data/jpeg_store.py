@@ -60,11 +60,12 @@ class ListedImages:
 
 def write_jpeg_split(path: Path, split: FileSplit, max_side: int, quality: int, num_workers: int) -> None:
     """Write `split` to the .beton `path` (atomically), images as JPEG of at most `max_side`."""
-    from rrdist.data.ffcv_import import load_ffcv
+    from rrdist.data.ffcv_import import dataset_writer, load_ffcv
 
     load_ffcv()
     from ffcv.fields import IntField, RGBImageField
-    from ffcv.writer import DatasetWriter
+
+    DatasetWriter = dataset_writer()
 
     fields = {"image": RGBImageField(write_mode="jpg", jpeg_quality=quality), "label": IntField(),
               "index": IntField()}
