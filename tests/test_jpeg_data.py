@@ -257,3 +257,30 @@ def test_pretraining_on_1_and_2_workers_gives_the_same_trace_and_a_linear_evalua
         assert abs(loss - traces[2][step][0]) < 1e-9 * max(1.0, abs(loss)), step
     result = evaluate_linear(tmp_path / "run2", log=lambda *a: None)
     assert result["test_accuracy"] > 0.6  # four colour classes; chance is 0.25
+
+
+def test_features_written_to_disk_batch_by_batch_equal_those_in_memory_and_train_the_same(tree, tmp_path, monkeypatch):
+    """Linear evaluation at ImageNet's scale: features extracted to files (mapped, never whole in
+    memory) are those of the in-memory extraction, and the classifier trained from the mapped files
+    batch by batch equals the one trained from memory."""
+    from rrdist.data.features import extract, extract_to_files, load_feature_files
+    from rrdist.eval import linear
+    from rrdist.models import build_backbone
+
+    _, _, manifest = tree
+    torch.manual_seed(0)
+    backbone = build_backbone("conv4")
+    prep = KViewAugment(32, tuple(manifest["mean"]), tuple(manifest["std"]))
+    beton = split_path(manifest, "train")
+    in_memory, labels = extract(backbone, beton, prep, torch.device("cpu"), batch_size=64, **decoding(manifest))
+    extract_to_files(backbone, beton, prep, torch.device("cpu"), tmp_path / "f", batch_size=64, **decoding(manifest))
+    mapped, mapped_labels = load_feature_files(tmp_path / "f")
+    assert isinstance(np.load(tmp_path / "f" / "features.npy", mmap_mode="c"), np.memmap)
+    assert torch.equal(mapped, in_memory) and torch.equal(mapped_labels, labels)
+    settings = linear.LinearSettings(epochs=3, batch_size=32)
+    resident = linear.fit_linear(in_memory, labels, 4, settings, torch.device("cpu"))
+    monkeypatch.setattr(linear, "RESIDENT", 0)  # as if the features were larger than memory
+    streamed = linear.fit_linear(mapped, mapped_labels, 4, settings, torch.device("cpu"))
+    assert torch.equal(resident.weight, streamed.weight) and torch.equal(resident.bias, streamed.bias)
+    assert linear.accuracy(streamed, mapped, mapped_labels, torch.device("cpu"), chunk=7) == \
+        linear.accuracy(resident, in_memory, labels, torch.device("cpu"))

@@ -9,13 +9,12 @@ from typing import Any
 
 import torch
 
-from rrdist import atomic
 from rrdist.eval.results import evaluation_device
 from rrdist.config import PretrainConfig
 from rrdist.errors import DataError
 from rrdist.storage import CONFIG_FILE
 
-CACHE_FORMAT = 2  # bump when extraction changes, so older caches are recomputed
+CACHE_FORMAT = 3  # bump when extraction changes, so older caches are recomputed (3: files on disk)
 
 
 def load_backbone(run_dir: Path, init: str) -> tuple[torch.nn.Module, PretrainConfig, str]:
@@ -55,27 +54,26 @@ def load_backbone(run_dir: Path, init: str) -> tuple[torch.nn.Module, PretrainCo
 
 def cached_features(run_dir: Path, backbone: torch.nn.Module, fingerprint: str, manifest: dict[str, Any],
                     split: str, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, bool]:
-    """Features of `split`, from the cache when the same weights and data made them; (feats, labels, hit)."""
-    from rrdist.data.beton import split_path
+    """Features of `split`, from the cache when the same weights and data made them; (feats, labels, hit).
+    The features live in files of the run folder and are mapped, not read, into memory."""
     from rrdist.data.augment import KViewAugment
-    from rrdist.data.features import extract
+    from rrdist.data.beton import split_path
+    from rrdist.data.features import extract_to_files, load_feature_files
     from rrdist.data.loader import decoding
 
     beton = split_path(manifest, split)
     key = json.dumps({"format": CACHE_FORMAT, "weights": fingerprint, "data": manifest["splits"][split]["sha256"]},
                      sort_keys=True)
     digest = hashlib.sha256(key.encode()).hexdigest()[:16]
-    path = run_dir / "features" / f"{manifest['dataset']}-{split}-{digest}.pt"
-    if path.is_file():
+    folder = run_dir / "features" / f"{manifest['dataset']}-{split}-{digest}"
+    if folder.is_dir():
         try:
-            saved = torch.load(path, map_location="cpu", weights_only=True)
-            return saved["features"], saved["labels"], True
-        except Exception:
+            return (*load_feature_files(folder), True)
+        except (OSError, ValueError):
             pass  # an unreadable cache is recomputed
     prep = KViewAugment(manifest["image_size"], tuple(manifest["mean"]), tuple(manifest["std"]))
-    feats, labels = extract(backbone, beton, prep, device, **decoding(manifest))
-    atomic.torch_save({"features": feats, "labels": labels, "key": key}, path)
-    return feats, labels, False
+    extract_to_files(backbone.to(device), beton, prep, device, folder, **decoding(manifest))
+    return (*load_feature_files(folder), False)
 
 
 def run_features(run_dir: str | Path, splits: tuple[str, ...], init: str = "trained", dataset: str | None = None,

@@ -19,6 +19,9 @@ from rrdist.eval.results import at_least, evaluation_device, positive, result_st
 from rrdist.progress import Progress
 
 
+RESIDENT = 2 << 30  # bytes of training features moved whole to the evaluation device
+
+
 @dataclass
 class LinearSettings:
     epochs: int = 100
@@ -46,7 +49,9 @@ def fit_linear(train_x: torch.Tensor, train_y: torch.Tensor, num_classes: int, s
     clf = torch.nn.Linear(train_x.shape[1], num_classes).to(device)
     weight, bias = clf.weight, clf.bias
     opt = torch.optim.Adam([weight, bias], lr=settings.lr, foreach=True)
-    x, y = train_x.to(device), train_y.to(device)
+    # Features larger than RESIDENT stay where they are (mapped from disk); each batch is gathered there.
+    held = device if train_x.numel() * train_x.element_size() <= RESIDENT else train_x.device
+    x, y = train_x.to(held), train_y.to(held)
     n = len(y)
     progress = Progress("linear evaluation", settings.epochs, unit="epochs")
     with torch.no_grad():
@@ -55,9 +60,9 @@ def fit_linear(train_x: torch.Tensor, train_y: torch.Tensor, num_classes: int, s
             order = torch.randperm(n, generator=g).to(device)
             for start in range(0, n, settings.batch_size):
                 idx = order[start:start + settings.batch_size]
-                xb = x.index_select(0, idx)
+                xb = x.index_select(0, idx.to(held)).to(device, non_blocking=True)
                 err = torch.softmax(torch.addmm(bias, xb, weight.t()), dim=1)
-                err[torch.arange(len(idx), device=device), y.index_select(0, idx)] -= 1.0
+                err[torch.arange(len(idx), device=device), y.index_select(0, idx.to(held)).to(device)] -= 1.0
                 err /= len(idx)
                 weight.grad = err.t().mm(xb)
                 bias.grad = err.sum(0)
@@ -88,9 +93,12 @@ def fit_linear_autograd(train_x: torch.Tensor, train_y: torch.Tensor, num_classe
 
 
 @torch.no_grad()
-def accuracy(clf: torch.nn.Linear, x: torch.Tensor, y: torch.Tensor, device: torch.device) -> float:
-    pred = clf(x.to(device)).argmax(1).cpu()
-    return float((pred == y).float().mean())
+def accuracy(clf: torch.nn.Linear, x: torch.Tensor, y: torch.Tensor, device: torch.device,
+             chunk: int = 65536) -> float:
+    """Accuracy over chunks of rows (the features may be mapped from disk, the logits large)."""
+    correct = sum(int((clf(x[i:i + chunk].to(device)).argmax(1).cpu() == y[i:i + chunk]).sum())
+                  for i in range(0, len(y), chunk))
+    return correct / max(len(y), 1)
 
 
 def evaluate_linear(run_dir: str | Path, init: str = "trained", dataset: str | None = None,
