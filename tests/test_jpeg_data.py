@@ -284,3 +284,20 @@ def test_features_written_to_disk_batch_by_batch_equal_those_in_memory_and_train
     assert torch.equal(resident.weight, streamed.weight) and torch.equal(resident.bias, streamed.bias)
     assert linear.accuracy(streamed, mapped, mapped_labels, torch.device("cpu"), chunk=7) == \
         linear.accuracy(resident, in_memory, labels, torch.device("cpu"))
+
+
+@pytest.mark.parametrize("method", ["simclr", "rotation", "supervised", "deepcluster", "infomax"])
+def test_every_method_trains_on_images_of_any_size_and_resumes(tree, tmp_path, method):
+    """Each trained method on the JPEG path (relational reasoning: the 1-and-2-worker test), run in
+    this process; a second epoch resumes from the first's checkpoint."""
+    from rrdist.methods import make_config
+    from rrdist.train.trainer import pretrain
+
+    root, _, _ = tree
+    settings = dict(dataset="imagefolder", root=str(root), backbone="conv4", method=method, epochs=1,
+                    batch_size=32, in_process=True, out=str(tmp_path / "run"))
+    first = pretrain(make_config(**settings), log=lambda *a: None)
+    assert first.metrics["epoch"] == 1 and math.isfinite(first.metrics.get("loss", 0.0))
+    again = pretrain(make_config(**{**settings, "epochs": 2}), log=lambda *a: None)
+    lines = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [m["epoch"] for m in lines if "event" not in m] == [1, 2] and again.metrics["epoch"] == 2
