@@ -7,7 +7,10 @@ any time (the .beton and the JPEGs mapped or read). VmHWM (peak RSS including th
 recorded beside it. The training worker is `rrdist pretrain --in-process` (the worker loop in one
 process: FFCV loader, views, conv4, optimizer, checkpoints) stopped after `--train-s` seconds.
 
-    python bench/jpeg_memory.py --tree DIR [--tree DIR2 ...] [--train-s 120] [--json F]
+    python bench/jpeg_memory.py --tree DIR [DIR2 ...] [--train-s 120] [--batch-sizes 32 16] [--reuse] [--json F]
+
+`--reuse` keeps data already prepared (no prepare row); several batch sizes separate the memory
+the network's activations take from the rest.
 """
 
 from __future__ import annotations
@@ -81,28 +84,32 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tree", type=Path, nargs="+", required=True)
     parser.add_argument("--train-s", type=float, default=120)
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[32])
+    parser.add_argument("--reuse", action="store_true")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
     rrdist = [sys.executable, "-m", "rrdist"]
     rows = []
     for tree in args.tree:
-        shutil.rmtree(tree / "ffcv", ignore_errors=True)
         n = sum(1 for _ in (tree / "train").glob("*/*.jpg"))
-        prep = watch(rrdist + ["data", "prepare", "imagefolder", "--root", str(tree), "--storage", "jpeg"], None,
-                     tree / "prepare.log")
-        run = tree / "memory-run"
-        shutil.rmtree(run, ignore_errors=True)
-        train = watch(rrdist + ["pretrain", "--dataset", "imagefolder", "--root", str(tree), "--backbone", "conv4",
-                                "--K", "4", "--batch-size", "64", "--epochs", "1", "--in-process", "--out", str(run)],
-                      args.train_s, tree / "train.log")
-        steps = None
-        position = run / "position"
-        if position.exists():
-            steps = sorted(position.iterdir())[-1].name if position.is_dir() else position.read_text()[:200]
-        rows.append({"images": n, "prepare": prep, "train": train, "train_position": steps,
-                     "beton_gb": round(sum(p.stat().st_size for p in (tree / "ffcv" / "imagefolder").glob("*.beton"))
-                                       / 1e9, 2)})
-        print(json.dumps(rows[-1]))
+        prep = None
+        if not (args.reuse and (tree / "ffcv" / "imagefolder" / "manifest.json").is_file()):
+            shutil.rmtree(tree / "ffcv", ignore_errors=True)
+            prep = watch(rrdist + ["data", "prepare", "imagefolder", "--root", str(tree), "--storage", "jpeg"], None,
+                         tree / "prepare.log")
+        for M in args.batch_sizes:
+            run = tree / "memory-run"
+            shutil.rmtree(run, ignore_errors=True)
+            train = watch(rrdist + ["pretrain", "--dataset", "imagefolder", "--root", str(tree), "--backbone", "conv4",
+                                    "--K", "4", "--batch-size", str(M), "--epochs", "1", "--in-process", "--out",
+                                    str(run)], args.train_s, tree / "train.log")
+            position = run / "position"
+            rows.append({"images": n, "batch_size": M, "prepare": prep, "train": train,
+                         "train_position": position.read_text()[:200] if position.is_file() else None,
+                         "beton_gb": round(sum(p.stat().st_size for p in (tree / "ffcv" / "imagefolder").glob("*.beton"))
+                                           / 1e9, 2)})
+            print(json.dumps(rows[-1]))
+            prep = None
     record = {"benchmark": "jpeg_memory", "date": str(date.today()), "machine": platform.processor() or
               platform.machine(), "cores": os.cpu_count(), "rows": rows}
     if args.json:

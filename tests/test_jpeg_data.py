@@ -242,7 +242,8 @@ def test_pretraining_on_1_and_2_workers_gives_the_same_trace_and_a_linear_evalua
     for workers in (1, 2):
         monkeypatch.setenv("RRDIST_TRACE", str(tmp_path / f"trace{workers}"))
         cfg = make_config(dataset="imagefolder", root=str(root), backbone="conv4", K=4, epochs=2, batch_size=32,
-                          workers=workers, precision="fp64", out=str(tmp_path / f"run{workers}"))
+                          workers=workers, precision="fp64", out=str(tmp_path / f"run{workers}"),
+                          in_process=workers == 1)  # one worker: the same loop in this process
         pretrain(cfg, log=lambda *a: None)
         traces[workers] = {}
         for epoch in (1, 2):
