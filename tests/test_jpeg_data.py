@@ -14,7 +14,7 @@ import torch
 
 from rrdist.cli import main
 from rrdist.data.augment import KViewAugment
-from rrdist.data.beton import prepare, sha256, split_path
+from rrdist.data.beton import load_manifest, prepare, sha256, split_path
 from rrdist.data.keyed import ImageDraws
 from rrdist.data.loader import base_side, decoding, image_loader, stored_sizes
 
@@ -302,3 +302,15 @@ def test_every_method_trains_on_images_of_any_size_and_resumes(tree, tmp_path, m
     again = pretrain(make_config(**{**settings, "epochs": 2}), log=lambda *a: None)
     lines = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [m["epoch"] for m in lines if "event" not in m] == [1, 2] and again.metrics["epoch"] == 2
+
+
+def test_a_damaged_manifest_setting_is_one_line(capsys, tmp_path):
+    write_tree(tmp_path, train=2, test=1)
+    assert prepare_cli(capsys, tmp_path)[0] == 0
+    path = tmp_path / "ffcv" / "imagefolder" / "manifest.json"
+    manifest = json.loads(path.read_text())
+    for key, value in (("eval_crop", "most"), ("eval_crop", 0), ("storage", "jpeg")):
+        path.write_text(json.dumps({**manifest, key: value}))
+        with pytest.raises(Exception) as err:
+            load_manifest("imagefolder", tmp_path)
+        assert key in str(err.value) and "--force" in str(err.value) and "\n" not in str(err.value)

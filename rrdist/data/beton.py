@@ -86,6 +86,11 @@ def manifest_problem(manifest: Any) -> str | None:
             return f"lacks a valid entry for the '{split}' split"
     if "train" not in manifest["splits"] or len(manifest["mean"]) != 3 or len(manifest["std"]) != 3:
         return "lacks the train split or the normalisation"
+    crop = manifest.get("eval_crop", 1.0)
+    if not isinstance(crop, (int, float)) or isinstance(crop, bool) or not 0 < crop <= 1:
+        return "has an 'eval_crop' that is not a fraction in (0, 1]"
+    if not isinstance(manifest.get("storage", {}), dict):
+        return "has a 'storage' that is not an object"
     return None
 
 
