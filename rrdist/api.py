@@ -34,8 +34,8 @@ def user_errors() -> Iterator[None]:
 
 
 def prepare_data(dataset: str, root: str | Path = "data", *, download: bool = False, image_size: int | None = None,
-                 force: bool = False, log=print, storage: str | None = None, max_side: int = 256,
-                 quality: int = 90, classes: str | Path | None = None) -> dict[str, Any]:
+                 force: bool = False, log=print, storage: str | None = None, max_side: int | None = None,
+                 quality: int | None = None, classes: str | Path | None = None) -> dict[str, Any]:
     """`rrdist data prepare`: write ROOT/ffcv/DATASET/*.beton unless valid ones exist; the data's manifest
     (splits and their sizes, image size, normalisation, the folder). `storage`, `max_side`, `quality`,
     `classes`: as the command's flags."""

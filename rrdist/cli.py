@@ -243,9 +243,12 @@ def _data_parser(sub) -> None:
                       help="raw storage: resize images to N x N; jpeg storage: the views' size (default 224)")
     prep.add_argument("--storage", default=None,
                       help="raw (arrays of one size, read whole; the default for the paper's sets) or jpeg (image "
-                           "trees of any size, streamed to JPEG records; the default for imagenet, imagenet100)")
-    prep.add_argument("--max-side", type=int, default=256, help="jpeg storage: longest stored side in pixels")
-    prep.add_argument("--quality", type=int, default=90, help="jpeg storage: JPEG quality, 1-100")
+                           "trees of any size, streamed to JPEG records; the default for imagenet, imagenet100); "
+                           "not given: as prepared before")
+    prep.add_argument("--max-side", type=int, default=None,
+                      help="jpeg storage: longest stored side in pixels (default: as prepared before, else 256)")
+    prep.add_argument("--quality", type=int, default=None,
+                      help="jpeg storage: JPEG quality, 1-100 (default: as prepared before, else 90)")
     prep.add_argument("--classes", default=None, help="image trees: a text file of the class folders to keep")
     prep.add_argument("--force", action="store_true", help="write again even if valid files exist")
     data.set_defaults(func=_data)

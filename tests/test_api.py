@@ -48,10 +48,11 @@ def test_a_notebook_pretrains_evaluates_and_embeds_with_the_evaluations_features
     with torch.no_grad():
         features = net(net.transform(images))
     # The linear evaluation's own features of the test split (cached in the run folder), same order.
-    cache = next((run.run_dir / "features").glob("digits-test-*.pt"))
-    evaluated = torch.load(cache, weights_only=True)
-    assert torch.equal(labels, evaluated["labels"][:40])
-    assert torch.allclose(features, evaluated["features"][:40], atol=1e-5, rtol=1e-5)
+    from rrdist.data.features import load_feature_files
+
+    evaluated, evaluated_labels = load_feature_files(next((run.run_dir / "features").glob("digits-test-*")))
+    assert torch.equal(labels, evaluated_labels[:40])
+    assert torch.allclose(features, evaluated[:40], atol=1e-5, rtol=1e-5)
 
     # The same from a lone copy of backbone.pt (no run folder, no data beside it), and channels-first input.
     lone = work / "elsewhere" / "weights.pt"

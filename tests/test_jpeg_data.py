@@ -314,3 +314,16 @@ def test_a_damaged_manifest_setting_is_one_line(capsys, tmp_path):
         with pytest.raises(Exception) as err:
             load_manifest("imagefolder", tmp_path)
         assert key in str(err.value) and "--force" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_prepare_again_without_storage_flags_keeps_the_data_as_it_was_prepared(capsys, tmp_path):
+    write_tree(tmp_path, train=3, test=1)
+    assert prepare_cli(capsys, tmp_path, "--quality", "80")[0] == 0
+    folder = tmp_path / "ffcv" / "imagefolder"
+    before = {p.name: sha256(p) for p in folder.iterdir()}
+    assert main(["data", "prepare", "imagefolder", "--root", str(tmp_path)]) == 0  # no --storage: as prepared
+    assert {p.name: sha256(p) for p in folder.iterdir()} == before
+    assert json.loads((folder / "manifest.json").read_text())["storage"] == {"format": "jpeg", "max_side": 64,
+                                                                             "quality": 80}
+    code, err = prepare_cli(capsys, tmp_path, "--max-side", "0")
+    assert code == 2 and "--max-side must be" in err

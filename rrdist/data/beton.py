@@ -173,14 +173,19 @@ def _same_settings(existing: dict[str, Any], image_size: int | None, storage: di
 
 def prepare(dataset: str, root: str | os.PathLike, download: bool = False, image_size: int | None = None,
             force: bool = False, num_workers: int | None = None, log=print, storage: str | None = None,
-            max_side: int = 256, quality: int = 90, classes: str | os.PathLike | None = None) -> dict[str, Any]:
+            max_side: int | None = None, quality: int | None = None,
+            classes: str | os.PathLike | None = None) -> dict[str, Any]:
     """Write the .beton files of `dataset` unless valid ones exist; return the manifest.
 
     `storage` raw keeps images as arrays of one size (read whole); jpeg streams image files of
     any size into JPEG records of at most `max_side` pixels (`quality`), for views of `image_size`
-    (224 unless given). `classes`: a file of the class folders to keep."""
+    (224 unless given). `classes`: a file of the class folders to keep. Storage settings not given
+    are those of the data already prepared there, else the dataset's defaults (256 px, quality 90)."""
     spec = get_spec(dataset)
-    storage = storage or spec.storage
+    before = (read_manifest(dataset, root) or {}).get("storage") or {}
+    storage = storage if storage is not None else before.get("format", spec.storage)
+    max_side = max_side if max_side is not None else before.get("max_side", 256)
+    quality = quality if quality is not None else before.get("quality", 90)
     _check_settings(image_size, storage, max_side, quality)
     if storage == "jpeg" and spec.lister is None:
         raise DataError(f"{dataset} cannot be stored as JPEG: --storage jpeg is for image trees "
