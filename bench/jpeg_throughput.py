@@ -35,18 +35,7 @@ from rrdist.data.augment import KViewAugment
 from rrdist.data.beton import prepare, split_path
 from rrdist.data.keyed import ImageDraws
 from rrdist.data.loader import base_side, image_loader
-
-
-def rate(batches, n: int, count) -> tuple[float, float]:
-    """(seconds to the first item, items/s over the next n, each worth `count(item)`)."""
-    it = iter(batches)
-    start = time.perf_counter()
-    count(next(it))
-    first = time.perf_counter() - start
-    start, total = time.perf_counter(), 0
-    for _ in range(n):
-        total += count(next(it))
-    return first, total / (time.perf_counter() - start)
+from kview_throughput import time_batches as rate  # (seconds to the first item, items/s over the next n)
 
 
 class KTimes:
