@@ -48,7 +48,7 @@ class ListedImages:
         try:
             image = load_image(path, self.max_side)
         except Exception as e:  # PIL raises OSError, SyntaxError, ValueError, DecompressionBombError, ...
-            line = f"{path}\t{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}\n"
+            line = f"{path}\t{type(e).__name__}: {first_line(e)}\n"
             fd = os.open(self.failures, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
             try:
                 os.write(fd, line.encode())  # one write per line: lines of several processes do not mix
