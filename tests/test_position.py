@@ -54,3 +54,41 @@ def test_epoch_sums_resumed_on_another_worker_count_give_the_fixed_count_figures
     same = EpochSums(names, torch.device("cpu"))
     same.restore(before.sums.clone(), saved_workers=3, workers=3)
     assert torch.equal(same.sums, before.sums)  # the same count: the sums as they were, bit for bit
+
+
+def _checkpoints(tmp_path, names):
+    """A run folder whose train/ holds a checkpoint of each name, its epoch and step told by the name."""
+    from rrdist.storage import RunFolder
+    from rrdist.train.checkpoint import save_state
+
+    model = torch.nn.Linear(2, 2)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    for name in names:
+        epoch, _, step = name.removeprefix("epoch_").partition("_step_")
+        (tmp_path / "train" / name).mkdir(parents=True)
+        save_state(tmp_path / "train" / name, model, optimizer, int(epoch), {}, step=int(step or 0))
+    return RunFolder(tmp_path)
+
+
+def test_a_restart_takes_a_checkpoint_written_after_rays_latest(tmp_path, capsys):
+    """A worker that died right after its report wrote a whole checkpoint Ray never registered: the
+    restart continues from it, not from Ray's older one (fewer steps redone)."""
+    from ray.train import Checkpoint
+
+    from rrdist.train.resume import resume_state
+
+    run = _checkpoints(tmp_path, ["epoch_0001", "epoch_0001_step_000004", "epoch_0001_step_000008"])
+    rays = Checkpoint.from_directory(str(tmp_path / "train" / "epoch_0001_step_000004"))
+    state = resume_state(rays, run, announce=True)
+    assert (state["epoch"], state["step"]) == (1, 8)
+    assert "epoch_0001_step_000008" in capsys.readouterr().out
+    # A newer one that does not read is passed over: Ray's is taken, and nothing is said.
+    (tmp_path / "train" / "epoch_0001_step_000008" / "state.pt").write_bytes(b"cut")
+    state = resume_state(rays, run, announce=True)
+    assert (state["epoch"], state["step"]) == (1, 4) and capsys.readouterr().out == ""
+    # Ray's own unreadable: the newest readable other one, with the reason in one line.
+    (tmp_path / "train" / "epoch_0001_step_000004" / "state.pt").write_bytes(b"cut")
+    state = resume_state(rays, run, announce=True)
+    assert (state["epoch"], state["step"]) == (1, 0)
+    said = capsys.readouterr().out
+    assert said.count("\n") == 1 and "unreadable" in said and "epoch_0001 " in said

@@ -16,8 +16,22 @@ pytestmark = pytest.mark.usefixtures("ray_session")
 QUIET = dict(log=lambda *a: None)
 
 
+def actor_classes(exclude_ids=frozenset()):
+    """Every actor the shared Ray session has started, by id, less those given."""
+    from ray.util.state import list_actors
+
+    return {a.actor_id: a.class_name for a in list_actors(limit=10_000, raise_on_missing_output=False)
+            if a.actor_id not in exclude_ids}
+
+
 @pytest.fixture(scope="module")
-def run(digits_root, tmp_path_factory):
+def actors_before_run():
+    """The actors other tests' fits left in the shared session, so a test sees only this module's run's."""
+    return frozenset(actor_classes())
+
+
+@pytest.fixture(scope="module")
+def run(digits_root, tmp_path_factory, actors_before_run):
     out = tmp_path_factory.mktemp("runs") / "digits-conv4-k3"
     cfg = make_config(dataset="digits", root=str(digits_root), backbone="conv4", K=3, batch_size=32,
                          epochs=2, workers=2, checkpoint_every=1, knn_every=2, out=str(out))
@@ -126,3 +140,11 @@ def test_run_folder_with_other_settings_is_refused(run):
     with pytest.raises(ConfigError, match="new --out folder"):
         pretrain(make_config(**{**cfg.to_dict(), "gamma": 0.0}), **QUIET)
     assert os.path.exists(result.run_dir / "backbone.pt")
+
+
+def test_a_run_starts_ray_trains_actors_but_no_ray_data_actor(run, actors_before_run):
+    """rrdist's workers read FFCV files: Ray Train's DatasetManager, a process of its own at every
+    worker-group start, is not started (rrdist/train/ray_trainer.py); Ray Train's own actors are."""
+    started = set(actor_classes(exclude_ids=actors_before_run).values())
+    assert {"TrainController", "RayTrainWorker", "SynchronizationActor"} <= started
+    assert "DatasetManager" not in started

@@ -35,38 +35,60 @@ RAY_SNAPSHOT = kept.Kept("train/checkpoint_manager_snapshot.json", _ray_snapshot
 
 
 def resume_state(checkpoint, run: RunFolder, announce: bool = False) -> dict[str, Any] | None:
-    """The training state to continue from.
+    """The training state to continue from: the newest readable checkpoint of the run.
 
-    Ray's latest checkpoint first. When it is unreadable (a truncated file), or when Ray offers
-    none although the run folder holds some (a worker died before the controller registered the
-    last report), the newest readable checkpoint in the run folder, said in one line. The run
-    folder only ever holds this run's checkpoints: a folder with other settings is refused.
+    Ray's latest checkpoint, unless the run folder holds a newer readable one: a worker that died
+    right after its report, before the controller registered it, has still written it whole (the
+    state file is written atomically), and continuing from it redoes fewer steps. When Ray's is
+    unreadable (a truncated file), or Ray offers none although the run folder holds some, the
+    newest readable one there, said in one line. The run folder only ever holds checkpoints of
+    this run (a folder with other settings is refused), and a run is exact, so each of them is
+    a state of the same training.
     """
     from rrdist.errors import DataError
-    from rrdist.train.checkpoint import STATE_FILE, load_state, state_from_bytes
+    from rrdist.train.checkpoint import load_state
 
-    problem, newer_than = None, None
+    problem, ray_name, ray_state = None, None, None
     if checkpoint is not None:
+        ray_name = Path(checkpoint.path).name
         try:
             with checkpoint.as_directory() as d:
-                return load_state(Path(d))
+                ray_state = load_state(Path(d))
         except DataError as e:
-            problem, newer_than = str(e).split(":")[0], Path(checkpoint.path).name
+            problem = str(e).split(":")[0]
+    # Names sort in the order of training (checkpoint.checkpoint_name).
+    if ray_state is not None:
+        found = _newest_readable(run, lambda name: name > ray_name)
+        if found is None:
+            return ray_state
+        before, after = "", f" (newer than {ray_name}, the last one Ray registered)"
+    else:
+        found = _newest_readable(run, lambda name: name != ray_name)
+        before, after = (f"{problem}; " if problem else ""), ""
+    if found is not None:
+        folder, state = found
+        if announce:
+            print(f"[rrdist] {before}resuming from the checkpoint {folder} in the run folder{after}")
+        return state
+    if problem:
+        raise TrainingError(f"{MARKER}no readable checkpoint in {run}/train ({problem}): "
+                            f"choose a new --out folder to start again")
+    return None
+
+
+def _newest_readable(run: RunFolder, wanted) -> tuple[str, dict[str, Any]] | None:
+    """The newest checkpoint folder of train/ whose name `wanted` accepts and whose state reads."""
+    from rrdist.errors import DataError
+    from rrdist.train.checkpoint import STATE_FILE, state_from_bytes
+
     for folder in reversed(run.subfolders("train")):
-        if not folder.startswith("epoch_") or (newer_than is not None and folder >= newer_than):
+        if not folder.startswith("epoch_") or not wanted(folder):
             continue
         data = run.read_bytes(f"train/{folder}/{STATE_FILE}")
         try:
             state = state_from_bytes(data, f"{run}/train/{folder}") if data is not None else None
         except DataError:
             continue
-        if state is None:
-            continue
-        if announce:
-            why = f"{problem}; " if problem else ""
-            print(f"[rrdist] {why}resuming from the checkpoint {folder} in the run folder")
-        return state
-    if problem:
-        raise TrainingError(f"{MARKER}no readable checkpoint in {run}/train ({problem}): "
-                            f"choose a new --out folder to start again")
+        if state is not None:
+            return folder, state
     return None

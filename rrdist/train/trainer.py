@@ -232,14 +232,14 @@ def train_in_trial(config: dict[str, Any]) -> dict[str, Any]:
 def build_trainer(cfg: PretrainConfig, loop_config: dict[str, Any], callbacks: list):
     """The TorchTrainer of a run: its workers, their resources, checkpoints kept and restarts allowed."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
 
     from rrdist.train.loop import train_loop_per_worker
+    from rrdist.train.ray_trainer import FFCVTorchTrainer
     from rrdist.train.rendezvous import AddressBoundTorchConfig
 
     run = RunFolder(loop_config["run"])
     gpus = {"GPU": cfg.gpus_per_worker} if cfg.use_gpu else {}
-    return TorchTrainer(
+    return FFCVTorchTrainer(
         train_loop_per_worker,
         train_loop_config=loop_config,
         torch_config=AddressBoundTorchConfig(backend="nccl" if cfg.use_gpu else "gloo"),
