@@ -27,7 +27,7 @@ def test_rays_sigterm_handler_is_set_through_the_function_rrdist_wraps():
     import ray._private.utils as ray_utils
     import ray._private.worker as ray_worker
 
-    from rrdist.train.interruptions import install_stop_handler
+    from rrdist.train.sigterm import install_stop_handler
 
     assert callable(ray_utils.set_sigterm_handler)
     # Ray's worker installs its handler through that module attribute, after the setup hook ran.

@@ -14,19 +14,32 @@ from __future__ import annotations
 NODE_VIEW_S = 2.0
 
 
-def fresh_node_view() -> None:
-    try:
-        from ray.data._internal.cluster_autoscaler.default_autoscaling_coordinator import (
-            _AutoscalingCoordinatorActor)
-        from ray.train.v2._internal.execution.scaling_policy.elastic import ElasticScalingPolicy
-    except ImportError:
-        return
-    _AutoscalingCoordinatorActor.TICK_INTERVAL_S = min(_AutoscalingCoordinatorActor.TICK_INTERVAL_S, NODE_VIEW_S)
-    if getattr(ElasticScalingPolicy, "rrdist_fresh", False):
-        return
-    original = ElasticScalingPolicy.make_decision_for_non_running_worker_group
+COORDINATOR = "ray.data._internal.cluster_autoscaler.default_autoscaling_coordinator"
+ELASTIC_POLICY = "ray.train.v2._internal.execution.scaling_policy.elastic"
 
-    def decide_from_a_fresh_view(self):
+
+def fresh_node_view() -> None:
+    """From the setup hook: each class is changed when its module is loaded (the coordinator's actor,
+    Ray Train's controller), not imported into every Ray process."""
+    from rrdist.train.when_imported import when_imported
+
+    when_imported(COORDINATOR, tick_often)
+    when_imported(ELASTIC_POLICY, decide_from_a_fresh_view)
+
+
+def tick_often(module) -> None:
+    actor = getattr(module, "_AutoscalingCoordinatorActor", None)
+    if actor is not None:
+        actor.TICK_INTERVAL_S = min(actor.TICK_INTERVAL_S, NODE_VIEW_S)
+
+
+def decide_from_a_fresh_view(module) -> None:
+    policy = getattr(module, "ElasticScalingPolicy", None)
+    if policy is None or getattr(policy, "rrdist_fresh", False):
+        return
+    original = policy.make_decision_for_non_running_worker_group
+
+    def decide(self):
         import ray
 
         try:  # a tick of the coordinator now: the nodes alive at this moment
@@ -37,5 +50,5 @@ def fresh_node_view() -> None:
         self._latest_reserved_resources_query_time = float("-inf")  # read the fresh reservation
         return original(self)
 
-    ElasticScalingPolicy.make_decision_for_non_running_worker_group = decide_from_a_fresh_view
-    ElasticScalingPolicy.rrdist_fresh = True
+    policy.make_decision_for_non_running_worker_group = decide
+    policy.rrdist_fresh = True

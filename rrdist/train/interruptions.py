@@ -15,7 +15,6 @@ next check and the run ends (`Stopped`) rather than restart, so the job can requ
 from __future__ import annotations
 
 import os
-import threading
 import time
 from typing import Callable
 
@@ -23,8 +22,7 @@ import torch
 
 from rrdist.train import session
 
-STOP = threading.Event()  # set by SIGTERM while a training loop in this process watches for it
-WATCHING = threading.Event()  # a training loop runs in this process
+from rrdist.train.sigterm import STOP
 
 
 class Preempted(RuntimeError):
@@ -66,34 +64,6 @@ def stop_files(own: str | None = None, variable: str = "RRDIST_STOP_FILE") -> st
 def stop_requested(stop_file: str | None) -> bool:
     """Whether the stop file exists (or one of several, joined by os.pathsep)."""
     return bool(stop_file) and any(os.path.exists(f) for f in stop_file.split(os.pathsep) if f)
-
-
-def install_stop_handler() -> None:
-    """In a Ray worker process (its setup hook): SIGTERM sets STOP while a training loop watches
-    for it, and otherwise does what Ray's own handler does (end the worker).
-
-    Ray installs its handler after the setup hook has run, through `set_sigterm_handler`; that
-    function is wrapped here so that ours comes first. Should a Ray version not call it, SIGTERM
-    ends the worker as before, and the run continues from its latest checkpoint all the same."""
-    try:
-        import ray._private.utils as ray_utils
-    except ImportError:
-        return
-    original = ray_utils.set_sigterm_handler
-    if getattr(original, "rrdist_wrapped", False):
-        return
-
-    def set_sigterm_handler(handler):
-        def on_sigterm(signum, frame):
-            if WATCHING.is_set():
-                STOP.set()
-            else:
-                handler(signum, frame)
-
-        original(on_sigterm)
-
-    set_sigterm_handler.rrdist_wrapped = True
-    ray_utils.set_sigterm_handler = set_sigterm_handler
 
 
 class Interruptions:

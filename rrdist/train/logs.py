@@ -16,6 +16,8 @@ import logging
 import os
 from contextlib import contextmanager
 
+from rrdist.train.when_imported import when_imported
+
 RAY_TRAIN = "ray.train"
 # Warns every few seconds when no dashboard runs to answer its state queries; harmless.
 PG_CLEANER = "ray.train.v2._internal.execution.controller.placement_group_cleaner"
@@ -23,6 +25,8 @@ PG_CLEANER = "ray.train.v2._internal.execution.controller.placement_group_cleane
 # answer (a loaded machine); the request only matters on an autoscaling cluster and is sent again every 20 s.
 AUTOSCALING_CLIENT = "ray.train.v2._internal.execution.scaling_policy.autoscaling_coordinator_client"
 AUTH_SETUP = "ray._private.authentication.authentication_token_setup"
+TRAIN_CONTEXT = "ray.train.v2._internal.execution.context"
+TRAIN_LOGGING = "ray.train.v2._internal.logging"
 
 
 def quiet_ray_logs() -> None:
@@ -31,14 +35,14 @@ def quiet_ray_logs() -> None:
     names = ["ray.train.v2._internal.execution.storage", "ray.train.v2.torch.train_loop_utils"]
     for name in (PG_CLEANER, AUTOSCALING_CLIENT):
         logging.getLogger(name).setLevel(logging.ERROR)
-    try:
-        from ray.train.v2._internal.execution import context
-
-        names.append(context.__file__)  # that module names its logger by file path
-    except ImportError:
-        pass
     for name in names:
         logging.getLogger(name).setLevel(logging.WARNING)
+    when_imported(TRAIN_CONTEXT, quiet_by_file)
+
+
+def quiet_by_file(module) -> None:
+    """Ray Train's context module names its logger by its file's path."""
+    logging.getLogger(module.__file__).setLevel(logging.WARNING)
 
 
 class BelowWarning(logging.Filter):
@@ -63,12 +67,13 @@ def quiet_train_logging_setup() -> None:
     """Ray Train (2.60) configures its loggers in its controller actor and in each worker
     (LoggingManager.configure_controller_logger / configure_worker_logger), after this hook has run:
     quiet the console again right after. Another Ray version without these keeps its own setup."""
-    try:
-        from ray.train.v2._internal.logging import LoggingManager
-    except ImportError:
-        return
+    when_imported(TRAIN_LOGGING, quiet_after_configure)
+
+
+def quiet_after_configure(module) -> None:
+    manager = getattr(module, "LoggingManager", None)
     for name in ("configure_controller_logger", "configure_worker_logger"):
-        original = getattr(LoggingManager, name, None)
+        original = getattr(manager, name, None)
         if original is None or getattr(original, "rrdist_quiet", False):
             continue
 
@@ -77,7 +82,7 @@ def quiet_train_logging_setup() -> None:
             quiet_train_console()
 
         configure.rrdist_quiet = True
-        setattr(LoggingManager, name, staticmethod(configure))
+        setattr(manager, name, staticmethod(configure))
 
 
 def quiet_local_mode() -> None:
@@ -121,7 +126,7 @@ def setup_worker_process() -> None:
     SIGTERM turned into a checkpoint-and-stop for training workers (rrdist.train.interruptions), and
     a quicker view of the cluster's nodes."""
     from rrdist.train.elastic_view import fresh_node_view
-    from rrdist.train.interruptions import install_stop_handler
+    from rrdist.train.sigterm import install_stop_handler
 
     # Ray Train's INFO lines where no LoggingManager sets up its logger (a sweep trial's process, which
     # starts the Train run): its console handler is Ray's, of the `ray` logger.

@@ -23,7 +23,8 @@ from rrdist.train.epoch_log import FAILURE_FILE, EpochLog, epoch_metrics, record
 from rrdist.train.checkpoint import checkpoint_name
 from rrdist.train.hooks import StepHook
 from rrdist.train.logs import quiet_ray_logs
-from rrdist.train.interruptions import WATCHING, Interruptions, Stopped
+from rrdist.train.interruptions import Interruptions, Stopped
+from rrdist.train.sigterm import WATCHING
 from rrdist.train.position import Position, read_position, restart_event
 from rrdist.train.setup import Training, build_training
 from rrdist.train.step import EpochSums, TrainStep, train_epoch
