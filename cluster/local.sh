@@ -75,8 +75,10 @@ stop)
     # naming its temp dir, and its Ray client server, which names only the GCS address.
     mine="$dir|--address=127\.0\.0\.1:$port( |$)"
     if pgrep -f -- "$mine" >/dev/null; then
+        # Ray's Python processes end within about 2.5 s of a SIGTERM; its GCS and raylet, sent one
+        # together, were still there 25 s later (Ray 2.60), so what is left after 3 s is killed.
         pkill -TERM -f -- "$mine" || true
-        for _ in $(seq 20); do pgrep -f -- "$mine" >/dev/null || break; sleep 0.5; done
+        for _ in $(seq 6); do pgrep -f -- "$mine" >/dev/null || break; sleep 0.5; done
         pkill -KILL -f -- "$mine" || true
     fi
     echo "stopped the Ray head of $dir"

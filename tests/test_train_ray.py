@@ -148,3 +148,15 @@ def test_a_run_starts_ray_trains_actors_but_no_ray_data_actor(run, actors_before
     started = set(actor_classes(exclude_ids=actors_before_run).values())
     assert {"TrainController", "RayTrainWorker", "SynchronizationActor"} <= started
     assert "DatasetManager" not in started
+
+
+def test_every_process_of_the_job_polls_ray_train_at_rrdists_interval_unless_the_caller_set_one():
+    import ray
+
+    from rrdist.train.trainer import POLL, POLL_S, job_runtime_env
+
+    assert job_runtime_env({})["env_vars"] == {POLL: POLL_S}  # Ray Train's own default is 2 s
+    assert float(POLL_S) < 2.0
+    assert job_runtime_env({POLL: "3"})["env_vars"] == {POLL: "3"}  # the caller's own, kept
+    seen = ray.get(ray.remote(lambda: os.environ.get(POLL)).remote())  # a process of this session's job
+    assert seen == os.environ.get(POLL, POLL_S)

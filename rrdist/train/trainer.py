@@ -28,6 +28,11 @@ QUIET_RAY = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_TRAIN_ENABLE_PRINT_PATCH": "0"
              "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "300"}
 
 
+# Ray Train's controller looks at its workers every 2 s by default: a run's end, a lost worker and each
+# report waited up to that long, against epochs of a second or two on a GPU. A look is one small call
+# per worker.
+POLL, POLL_S = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5"
+
 PRIVATE_RAY = False  # this process started a private local Ray (its CPUs are all there will be)
 
 
@@ -47,10 +52,7 @@ def init_ray(address: str | None = None) -> None:
 
     if ray.is_initialized():
         return
-    runtime_env = {"worker_process_setup_hook": "rrdist.train.logs.setup_worker_process"}
-    hooks = {k: os.environ[k] for k in ("RRDIST_TRACE", startup.LOG) if os.environ.get(k)}
-    if hooks:  # a test hook set for this job reaches the processes that start its runs (sweep trials)
-        runtime_env["env_vars"] = hooks
+    runtime_env = job_runtime_env(os.environ)
     # Ray's INFO lines in this process ("Started a local Ray instance", "Connected to Ray cluster", Tune's
     # bookkeeping) say nothing the user must act on; its warnings and errors still show.
     quiet = {"runtime_env": runtime_env, "logging_level": logging.WARNING}
@@ -66,6 +68,14 @@ def init_ray(address: str | None = None) -> None:
             ray.init(address="local", include_dashboard=True, dashboard_host="127.0.0.1", **quiet)
         global PRIVATE_RAY
         PRIVATE_RAY = True
+
+
+def job_runtime_env(environ) -> dict:
+    """What every Ray process of this job starts with: rrdist's setup hook, Ray Train's poll interval
+    (the caller's, else POLL_S), and the test hooks set for this job (they reach its sweep trials)."""
+    hooks = {k: environ[k] for k in ("RRDIST_TRACE", startup.LOG) if environ.get(k)}
+    return {"worker_process_setup_hook": "rrdist.train.logs.setup_worker_process",
+            "env_vars": {**hooks, POLL: environ.get(POLL, POLL_S)}}
 
 
 SAVED_CONFIG = kept.Kept(CONFIG_FILE, lambda data: config_from_yaml_text(kept.text_of(data), CONFIG_FILE),
