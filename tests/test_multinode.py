@@ -81,7 +81,7 @@ def processes_of(base: Path, gcs: str) -> list:
 def stop_cluster(base: Path, gcs: str) -> list:
     """Stop this cluster's processes only (`ray stop` would stop every Ray on the machine). Ray's GCS
     and raylet outlast a SIGTERM sent to the whole cluster at once by over 25 s, so what is left
-    after 2 s is killed; a process started meanwhile is found and killed on the next look."""
+    after 2 s is killed (Ray's Python processes are gone by then); a process started meanwhile is found and killed on the next look."""
     import psutil
 
     for attempt in range(5):

@@ -150,13 +150,13 @@ def test_a_run_starts_ray_trains_actors_but_no_ray_data_actor(run, actors_before
     assert "DatasetManager" not in started
 
 
-def test_every_process_of_the_job_polls_ray_train_at_rrdists_interval_unless_the_caller_set_one():
+def test_every_process_of_the_job_gets_rrdists_ray_settings_unless_the_caller_set_them():
     import ray
 
-    from rrdist.train.trainer import POLL, POLL_S, job_runtime_env
+    from rrdist.train.trainer import POLL, QUIET_RAY, job_runtime_env
 
-    assert job_runtime_env({})["env_vars"] == {POLL: POLL_S}  # Ray Train's own default is 2 s
-    assert float(POLL_S) < 2.0
-    assert job_runtime_env({POLL: "3"})["env_vars"] == {POLL: "3"}  # the caller's own, kept
+    assert job_runtime_env({})["env_vars"] == QUIET_RAY
+    assert float(QUIET_RAY[POLL]) < 2.0  # Ray Train's own default is 2 s
+    assert job_runtime_env({POLL: "3"})["env_vars"][POLL] == "3"  # the caller's own, kept
     seen = ray.get(ray.remote(lambda: os.environ.get(POLL)).remote())  # a process of this session's job
-    assert seen == os.environ.get(POLL, POLL_S)
+    assert seen == os.environ.get(POLL, QUIET_RAY[POLL])

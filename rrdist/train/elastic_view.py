@@ -12,8 +12,6 @@ internals keeps its own behaviour.
 from __future__ import annotations
 
 NODE_VIEW_S = 2.0
-
-
 COORDINATOR = "ray.data._internal.cluster_autoscaler.default_autoscaling_coordinator"
 ELASTIC_POLICY = "ray.train.v2._internal.execution.scaling_policy.elastic"
 

@@ -21,7 +21,6 @@ from typing import Callable
 import torch
 
 from rrdist.train import session
-
 from rrdist.train.sigterm import STOP
 
 

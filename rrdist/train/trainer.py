@@ -21,17 +21,18 @@ from rrdist.train.epoch_log import FAILURE, METRICS
 from rrdist.train.interruptions import stop_files
 from rrdist.train.resume import RAY_SNAPSHOT
 
+POLL = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"
+# Ray's settings for a run, unless the caller set them: in this process and, through the job's runtime
+# env, in every Ray process of the job (also on a cluster this command joins).
 QUIET_RAY = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_TRAIN_ENABLE_PRINT_PATCH": "0",
              "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",
              # Ray Train gives a worker group 60 s to start; a busy small machine starting several
              # trials' workers at once (each importing torch) can need more.
-             "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "300"}
-
-
-# Ray Train's controller looks at its workers every 2 s by default: a run's end, a lost worker and each
-# report waited up to that long, against epochs of a second or two on a GPU. A look is one small call
-# per worker.
-POLL, POLL_S = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5"
+             "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "300",
+             # Ray Train's controller looks at its workers every 2 s by default: a run's end, a lost
+             # worker and each report waited up to that long, against epochs of a second or two on a
+             # GPU. A look is one small call per worker.
+             POLL: "0.5"}
 
 PRIVATE_RAY = False  # this process started a private local Ray (its CPUs are all there will be)
 
@@ -71,11 +72,12 @@ def init_ray(address: str | None = None) -> None:
 
 
 def job_runtime_env(environ) -> dict:
-    """What every Ray process of this job starts with: rrdist's setup hook, Ray Train's poll interval
-    (the caller's, else POLL_S), and the test hooks set for this job (they reach its sweep trials)."""
+    """What every Ray process of this job starts with: rrdist's setup hook, Ray's settings (the
+    caller's where set, else QUIET_RAY's), and the test hooks set for this job (they reach its sweep
+    trials)."""
     hooks = {k: environ[k] for k in ("RRDIST_TRACE", startup.LOG) if environ.get(k)}
-    return {"worker_process_setup_hook": "rrdist.train.logs.setup_worker_process",
-            "env_vars": {**hooks, POLL: environ.get(POLL, POLL_S)}}
+    settings = {k: environ.get(k, v) for k, v in QUIET_RAY.items()}
+    return {"worker_process_setup_hook": "rrdist.train.logs.setup_worker_process", "env_vars": {**hooks, **settings}}
 
 
 SAVED_CONFIG = kept.Kept(CONFIG_FILE, lambda data: config_from_yaml_text(kept.text_of(data), CONFIG_FILE),
