@@ -147,8 +147,12 @@ def test_knn_monitor_scores_on_its_interval_and_at_the_last_epoch(digits_root):
     method = build_method(make_config(dataset="digits"), 10)
     context = MonitorContext(method.backbone, worker_data(digits_root), torch.device("cpu"), 0, 5)
     monitor = KnnMonitor(KnnSettings(knn_every=2, knn_bank=100, knn_queries=50), context)
-    due = [epoch for epoch in range(1, 6) if monitor.epoch_end(epoch)]
+    assert monitor.loaders is None  # a start's first step does not wait for the monitor's loaders
+    assert monitor.epoch_end(1) == {} and monitor.loaders is None
+    due = [epoch for epoch in range(2, 6) if monitor.epoch_end(epoch)]
     assert due == [2, 4, 5]
+    built = monitor.loaders
+    assert len(built) == 2 and monitor.built_loaders() is built  # built at the first scoring, once
 
 
 def test_weighted_knn_matches_the_written_out_vote():

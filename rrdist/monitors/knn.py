@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from rrdist.collective import gather_detached, world
-from rrdist.data.loader import shares
+from rrdist.data.loader import shares, split_size
 from rrdist.config import need, setting
 from rrdist.errors import ConfigError
 from rrdist.monitors.base import Monitor, MonitorContext, MonitorSettings
@@ -73,21 +73,29 @@ class KnnMonitor(Monitor):
     figures = ("knn_acc",)
 
     def __init__(self, settings: KnnSettings, context: MonitorContext) -> None:
-        from rrdist.data.augment import KViewAugment
-        from rrdist.data.loader import image_loader, split_size
-
         super().__init__(settings, context)
         rank, workers = world()
         data = context.data
-        self.prep = KViewAugment(data.image_size, data.mean, data.std)
-        self.loaders, counts = [], []
+        self.subsets, counts = [], []
         for path, size, salt in ((data.labelled, settings.knn_bank, 0), (data.test, settings.knn_queries, 1)):
             chosen = subset(split_size(Path(path)), size, context.seed * 2 + salt)
             counts.append(shares(len(chosen), workers))  # contiguous shares: the gathered bank is one process's
             start = sum(counts[-1][:rank])
-            self.loaders.append(image_loader(path, 512, train=False, device=context.device, drop_last=False,
-                                             subset=chosen[start:start + counts[-1][rank]], **data.decoding()))
+            self.subsets.append((path, chosen[start:start + counts[-1][rank]]))
         self.bank_counts = counts[0]  # every worker's bank rows, for the gather
+        self.loaders: list | None = None  # built at the first scoring: a start's first step does not wait for them
+
+    def built_loaders(self) -> list:
+        """This worker's loaders of its bank and query images (built once, at the first scoring)."""
+        if self.loaders is None:
+            from rrdist.data.augment import KViewAugment
+            from rrdist.data.loader import image_loader
+
+            data = self.context.data
+            self.prep = KViewAugment(data.image_size, data.mean, data.std)
+            self.loaders = [image_loader(path, 512, train=False, device=self.context.device, drop_last=False,
+                                         subset=chosen, **data.decoding()) for path, chosen in self.subsets]
+        return self.loaders
 
     def epoch_end(self, epoch: int) -> dict[str, float]:
         if epoch % self.settings.knn_every and epoch != self.context.epochs:
@@ -98,8 +106,9 @@ class KnnMonitor(Monitor):
         from rrdist.data.features import embed
 
         device, s = self.context.device, self.settings
-        bank, bank_labels = embed(backbone, self.loaders[0], self.prep, device, "kNN bank")
-        queries, labels = embed(backbone, self.loaders[1], self.prep, device, "kNN queries")
+        bank_images, query_images = self.built_loaders()
+        bank, bank_labels = embed(backbone, bank_images, self.prep, device, "kNN bank")
+        queries, labels = embed(backbone, query_images, self.prep, device, "kNN queries")
         bank, bank_labels = gather_detached(bank, self.bank_counts), gather_detached(bank_labels, self.bank_counts)
         predicted = weighted_knn(bank, bank_labels, queries, self.context.data.num_classes, s.knn_k,
                                  s.knn_temperature)
