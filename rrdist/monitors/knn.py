@@ -73,9 +73,12 @@ class KnnMonitor(Monitor):
     figures = ("knn_acc",)
 
     def __init__(self, settings: KnnSettings, context: MonitorContext) -> None:
+        from rrdist.data.augment import KViewAugment
+
         super().__init__(settings, context)
         rank, workers = world()
         data = context.data
+        self.prep = KViewAugment(data.image_size, data.mean, data.std)
         self.subsets, counts = [], []
         for path, size, salt in ((data.labelled, settings.knn_bank, 0), (data.test, settings.knn_queries, 1)):
             chosen = subset(split_size(Path(path)), size, context.seed * 2 + salt)
@@ -88,13 +91,11 @@ class KnnMonitor(Monitor):
     def built_loaders(self) -> list:
         """This worker's loaders of its bank and query images (built once, at the first scoring)."""
         if self.loaders is None:
-            from rrdist.data.augment import KViewAugment
             from rrdist.data.loader import image_loader
 
-            data = self.context.data
-            self.prep = KViewAugment(data.image_size, data.mean, data.std)
+            decoding = self.context.data.decoding()
             self.loaders = [image_loader(path, 512, train=False, device=self.context.device, drop_last=False,
-                                         subset=chosen, **data.decoding()) for path, chosen in self.subsets]
+                                         subset=chosen, **decoding) for path, chosen in self.subsets]
         return self.loaders
 
     def epoch_end(self, epoch: int) -> dict[str, float]:
