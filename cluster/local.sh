@@ -79,7 +79,11 @@ stop)
         # together, were still there 25 s later (Ray 2.60), so what is left after 3 s is killed.
         pkill -TERM -f -- "$mine" || true
         for _ in $(seq 6); do pgrep -f -- "$mine" >/dev/null || break; sleep 0.5; done
-        pkill -KILL -f -- "$mine" || true
+        # Until none is left: a process the raylet started while the others were stopping is killed too.
+        for _ in $(seq 20); do
+            pkill -KILL -f -- "$mine" || break
+            sleep 0.25
+        done
     fi
     echo "stopped the Ray head of $dir"
     ;;

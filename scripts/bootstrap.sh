@@ -45,6 +45,8 @@ fi
 export RAY_USAGE_STATS_ENABLED=0
 case "$job" in
     demo) exec .venv/bin/rrdist demo "$@" ;;
-    test) exec .venv/bin/python -m pytest -q -p no:cacheprovider --durations=20 "$@" tests ;;
+    # Two test processes: one holds the session's Ray and its tests, the other takes every other module
+    # (tests/conftest.py); the suite waits on Ray and its processes enough that the cores are free half the time.
+    test) exec .venv/bin/python -m pytest -q -p no:cacheprovider -n 2 --durations=20 "$@" tests ;;
     *) echo "usage: bash scripts/bootstrap.sh demo|test" >&2; exit 2 ;;
 esac

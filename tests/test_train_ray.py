@@ -18,9 +18,12 @@ QUIET = dict(log=lambda *a: None)
 
 def actor_classes(exclude_ids=frozenset()):
     """Every actor the shared Ray session has started, by id, less those given."""
+    import ray
     from ray.util.state import list_actors
 
-    return {a.actor_id: a.class_name for a in list_actors(limit=10_000, raise_on_missing_output=False)
+    # By the session's own address: other tests' Ray clusters may be running beside it.
+    session = ray.get_runtime_context().gcs_address
+    return {a.actor_id: a.class_name for a in list_actors(session, limit=10_000, raise_on_missing_output=False)
             if a.actor_id not in exclude_ids}
 
 
