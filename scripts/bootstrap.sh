@@ -45,8 +45,9 @@ fi
 export RAY_USAGE_STATS_ENABLED=0
 case "$job" in
     demo) exec .venv/bin/rrdist demo "$@" ;;
-    # Two test processes: one holds the session's Ray and its tests, the other takes every other module
-    # (tests/conftest.py); the suite waits on Ray and its processes enough that the cores are free half the time.
+    # Two test processes (tests/conftest.py): each runs half of the modules that use the session's Ray, with
+    # a local Ray of its own, and every other module goes to the free one; in one process the cores sat idle
+    # about 30% of the time, waiting on Ray and SLURM.
     test) exec .venv/bin/python -m pytest -q -p no:cacheprovider -n 2 --durations=20 "$@" tests ;;
     *) echo "usage: bash scripts/bootstrap.sh demo|test" >&2; exit 2 ;;
 esac
